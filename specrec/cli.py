@@ -1,0 +1,86 @@
+"""The `specrec` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from specrec import __version__
+
+app = typer.Typer(help="specrec: keep a generative recommender fresh and cheap to serve.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Data pipeline stages (the same functions `dvc repro` runs).", no_args_is_help=True)
+clock_app = typer.Typer(help="The replay clock.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(clock_app, name="clock")
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Path to params.yaml (its folder is the project root).")]
+
+
+def _version(value: bool) -> None:
+    """Print the version and exit."""
+    if value:
+        typer.echo(f"specrec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """specrec: keep a generative recommender fresh and cheap to serve."""
+
+
+def _run(fn, params: Path) -> None:  # type: ignore[no-untyped-def]
+    """Load params and run one stage function with user-facing errors."""
+    from specrec.config import load_config
+    from specrec.runtime import run_entry
+
+    run_entry(lambda: fn(load_config(params)))
+
+
+@data_app.command("ingest")
+def data_ingest(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Load the configured source, validate every row, quarantine bad rows with a reason."""
+    from specrec.data.ingest import ingest
+
+    _run(ingest, params)
+
+
+@data_app.command("prepare")
+def data_prepare(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Build contiguous id maps, the item and user tables and per-user sequences."""
+    from specrec.data.prepare import run
+
+    _run(run, params)
+
+
+@data_app.command("split")
+def data_split(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Split history/replay at the clock's start and build the leave-one-out view."""
+    from specrec.data.split import run
+
+    _run(run, params)
+
+
+@clock_app.command("show")
+def clock_show(params: ParamsOpt = Path("params.yaml")) -> None:
+    """List the replay cycles with their as_of and window."""
+    from specrec.clock import ReplayClock
+    from specrec.config import load_config
+    from specrec.runtime import run_entry
+
+    def show() -> None:
+        clock = ReplayClock.from_config(load_config(params).clock)
+        for c in clock.cycles():
+            typer.echo(f"cycle {c.index:>3}  as_of {c.name}  events in [{c.start.isoformat()}, {c.as_of.isoformat()})")
+
+    run_entry(show)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

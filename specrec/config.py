@@ -1,0 +1,260 @@
+"""Typed, validated configuration, loaded once from params.yaml at an entry point and passed down.
+
+Every section is a frozen dataclass. Unknown keys, missing keys, wrong types and out-of-range values are
+rejected with a `ConfigError` that names the dotted key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import pandas as pd
+import yaml
+
+from specrec.data.schema import INTERACTION_COLUMNS, ITEM_COLUMNS
+from specrec.errors import ConfigError, SpecrecError
+
+SourceKind = Literal["movielens_csv", "movielens_archive", "sequence", "table"]
+SOURCE_KINDS: tuple[str, ...] = get_args(SourceKind)
+ARCHIVE_NAMES = ("ml-100k", "ml-1m", "ml-20m", "ml-25m", "ml-latest-small")
+TIMESTAMP_UNITS = ("s", "ms", "us", "ns", "iso")
+
+
+def _require(ok: bool, key: str, value: object, allowed: str) -> None:
+    """Raise a ConfigError for `key` unless `ok`."""
+    if not ok:
+        raise ConfigError(key, value, allowed)
+
+
+def parse_timestamp(key: str, value: object) -> pd.Timestamp:
+    """Parse a config date/time as UTC; naive values are taken to be UTC."""
+    try:
+        ts = pd.Timestamp(value)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        raise ConfigError(key, value, "an ISO date or date-time such as 2018-01-01 or 2018-01-01T00:00Z") from None
+    _require(not pd.isna(ts), key, value, "an ISO date or date-time")
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def parse_duration(key: str, value: object) -> pd.Timedelta:
+    """Parse a positive duration such as 1D, 7D, 12h or 10min."""
+    try:
+        td = pd.Timedelta(str(value))
+    except (ValueError, TypeError):
+        raise ConfigError(key, value, "a positive duration such as 1D, 7D, 12h or 10min") from None
+    _require(td > pd.Timedelta(0), key, value, "a positive duration such as 1D, 7D, 12h or 10min")
+    return td
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Where each pipeline stage writes, relative to the project root (dvc.yaml reads the same keys)."""
+
+    ingested: str = "data/ingested"
+    quarantine: str = "data/quarantine"
+    prepared: str = "data/prepared"
+    split: str = "data/split"
+    metrics: str = "data/metrics"
+
+
+@dataclass(frozen=True)
+class ArchiveConfig:
+    """A MovieLens archive fetched from GroupLens (or a mirror) and verified by sha256."""
+
+    name: str = "ml-1m"
+    base_url: str = "https://files.grouplens.org/datasets/movielens/"
+    sha256: str | None = None  # None: use the known checksum of `name`
+
+    def __post_init__(self) -> None:
+        _require(self.name in ARCHIVE_NAMES, "data.archive.name", self.name, f"one of {ARCHIVE_NAMES}")
+        _require(
+            self.base_url.startswith(("http://", "https://", "file://")),
+            "data.archive.base_url", self.base_url, "an http(s):// or file:// URL ending in /",
+        )
+        if self.sha256 is not None:
+            ok = len(self.sha256) == 64 and all(c in "0123456789abcdef" for c in self.sha256.lower())
+            _require(ok, "data.archive.sha256", self.sha256, "64 hexadecimal characters, or null")
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    """The one-line-per-user format `user item item ...`; timestamps are synthesised, monotone per user."""
+
+    start: str = "2000-01-01"
+    step: str = "1D"
+
+    def __post_init__(self) -> None:
+        parse_timestamp("data.sequence.start", self.start)
+        parse_duration("data.sequence.step", self.step)
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """Any csv/parquet interaction table (and optional item table) mapped onto the canonical columns."""
+
+    columns: dict[str, str] = field(default_factory=dict)  # canonical name -> column in the file
+    timestamp_unit: str = "s"
+    items_path: str | None = None
+    item_columns: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(self.timestamp_unit in TIMESTAMP_UNITS, "data.table.timestamp_unit", self.timestamp_unit,
+                 f"one of {TIMESTAMP_UNITS}")
+        for key, allowed, mapping in (("columns", INTERACTION_COLUMNS, self.columns),
+                                      ("item_columns", ITEM_COLUMNS, self.item_columns)):
+            for name in mapping:
+                _require(name in allowed, f"data.table.{key}.{name}", name, f"a canonical column in {allowed}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which loader reads the raw data, and from where."""
+
+    source: str = "movielens_csv"
+    path: str = "datasets/ml-latest-small"
+    cache_dir: str = "data/downloads"
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
+    table: TableConfig = field(default_factory=TableConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.source in SOURCE_KINDS, "data.source", self.source, f"one of {SOURCE_KINDS}")
+        _require(bool(self.path), "data.path", self.path, "a file or directory path")
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """Row-level checks at ingest; failing rows are quarantined, the stage fails only past the share."""
+
+    rating_min: float = 0.5
+    rating_max: float = 5.0
+    timestamp_min: str = "1990-01-01"
+    timestamp_max: str = "2030-01-01"
+    max_quarantine_share: float = 0.05
+
+    def __post_init__(self) -> None:
+        _require(self.rating_min <= self.rating_max, "validate.rating_min", self.rating_min,
+                 f"a number not above validate.rating_max ({self.rating_max})")
+        lo = parse_timestamp("validate.timestamp_min", self.timestamp_min)
+        hi = parse_timestamp("validate.timestamp_max", self.timestamp_max)
+        _require(lo < hi, "validate.timestamp_min", self.timestamp_min,
+                 f"a date before validate.timestamp_max ({self.timestamp_max})")
+        _require(0.0 <= self.max_quarantine_share <= 1.0, "validate.max_quarantine_share",
+                 self.max_quarantine_share, "a share between 0.0 and 1.0")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """The offline leave-one-out view (the time split itself comes from `clock`)."""
+
+    loo_min_events: int = 3  # a training prefix, a validation item and a test item
+
+    def __post_init__(self) -> None:
+        _require(3 <= self.loo_min_events <= 10_000, "split.loo_min_events", self.loo_min_events,
+                 "an integer between 3 and 10000")
+
+
+@dataclass(frozen=True)
+class ClockConfig:
+    """The replay clock: `cycles` cycles of length `cadence` starting at `start`."""
+
+    start: str = "2018-01-01"
+    cadence: str = "28D"
+    cycles: int = 10
+
+    def __post_init__(self) -> None:
+        parse_timestamp("clock.start", self.start)
+        parse_duration("clock.cadence", self.cadence)
+        _require(1 <= self.cycles <= 100_000, "clock.cycles", self.cycles, "an integer between 1 and 100000")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    clock: ClockConfig = field(default_factory=ClockConfig)
+    root: Path = field(default=Path("."), metadata={"internal": True})
+
+    def path(self, relative: str) -> Path:
+        """Resolve a configured path against the project root."""
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+
+T = TypeVar("T")
+
+
+def _type_ok(value: object, tp: Any) -> bool:
+    """Whether a YAML value fits a (simple) annotated type."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str | int | float) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _describe(tp: Any) -> str:
+    """A short human name for an annotated type."""
+    names = {str: "a string", int: "an integer", float: "a number", type(None): "null"}
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(tp))
+    if get_origin(tp) is dict:
+        return "a mapping of names to strings"
+    return names.get(tp, str(tp))
+
+
+def build(cls: type[T], raw: object, prefix: str) -> T:
+    """Build dataclass `cls` from a YAML mapping, rejecting unknown keys and wrong types."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(prefix or "<top level>", raw, "a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}  # type: ignore[arg-type]
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(f"{prefix}{key}", raw[key], f"a known key of {prefix.rstrip('.') or 'params'}: "
+                              f"{sorted(fields)}")
+    kwargs: dict[str, Any] = {}
+    for name in fields:
+        if name not in raw:
+            continue
+        tp, value, key = hints[name], raw[name], f"{prefix}{name}"
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = build(tp, value, f"{key}.")  # type: ignore[arg-type]
+        elif _type_ok(value, tp):
+            kwargs[name] = str(value) if tp is str else (float(value) if tp is float else value)
+        else:
+            raise ConfigError(key, value, _describe(tp))
+    return cls(**kwargs)
+
+
+def load_config(params: str | Path = "params.yaml") -> Config:
+    """Load and validate params.yaml; the project root is the file's directory."""
+    path = Path(params)
+    if not path.is_file():
+        raise SpecrecError(f"params file {str(path)!r} not found; run from the project root or pass --params PATH.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecrecError(f"params file {str(path)!r} is not valid YAML: {exc}") from None
+    cfg = build(Config, raw, "")
+    return dataclasses.replace(cfg, root=path.resolve().parent)

@@ -1,0 +1,1 @@
+"""Data stages: ingest (load + validate/quarantine), prepare (id maps, sequences), split (clock)."""
