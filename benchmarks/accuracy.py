@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         minutes = args.ml_budget_min if name == "ml-latest-small" else args.budget_min
         budget_s, epochs = (60.0, 3) if args.quick else (60.0 * minutes, args.max_epochs)
         results[name] = run_dataset(name, args.models.split(","), args.fm_losses.split(","), budget_s, epochs)
+        results[name]["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
         results["machine"] = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
         results["machine"] += f", {args.threads} threads, no GPU" if not torch.cuda.is_available() else ""
         results["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)

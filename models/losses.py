@@ -17,7 +17,7 @@ def full_cross_entropy(
     hidden: torch.Tensor, targets: torch.Tensor, table: torch.Tensor, scale: float
 ) -> torch.Tensor:
     """Softmax cross-entropy over all items 1..n_items."""
-    logits = hidden @ table[1:].T * scale  # (N, n_items)
+    logits = (hidden * scale) @ table[1:].T  # (N, n_items); scaling (N, D) is cheaper than (N, n_items)
     return F.cross_entropy(logits, targets - 1)
 
 
@@ -38,10 +38,11 @@ def sampled_softmax(
     inbatch = targets[torch.randperm(n, generator=generator)[:n_inbatch]]  # (<=n_inbatch,)
     uniform = torch.randint(1, n_items + 1, (n_uniform,), generator=generator)  # (n_uniform,)
     neg_ids = torch.cat([inbatch, uniform.to(targets.device)])  # (M,)
+    hidden = hidden * scale
     pos = (hidden * table[targets]).sum(-1, keepdim=True)  # (N, 1)
     neg = hidden @ table[neg_ids].T  # (N, M)
     neg = neg.masked_fill(neg_ids.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
-    logits = torch.cat([pos, neg], dim=1) * scale  # (N, 1+M)
+    logits = torch.cat([pos, neg], dim=1)  # (N, 1+M)
     return F.cross_entropy(logits, torch.zeros(n, dtype=torch.long, device=targets.device))
 
 
