@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from specrec import __version__
 
-app = typer.Typer(help="specrec: keep a generative recommender fresh and cheap to serve.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
-data_app = typer.Typer(help="Data pipeline stages (the same functions `dvc repro` runs).", no_args_is_help=True)
+if TYPE_CHECKING:
+    from specrec.config import Config
+
+app = typer.Typer(
+    help="specrec: keep a generative recommender fresh and cheap to serve.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(
+    help="Data pipeline stages (the same functions `dvc repro` runs).", no_args_is_help=True
+)
 clock_app = typer.Typer(help="The replay clock.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(clock_app, name="clock")
 
-ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Path to params.yaml (its folder is the project root).")]
+ParamsOpt = Annotated[
+    Path, typer.Option("--params", "-p", help="Path to params.yaml (its folder is the project root).")
+]
 
 
 def _version(value: bool) -> None:
@@ -28,13 +39,14 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """specrec: keep a generative recommender fresh and cheap to serve."""
 
 
-def _run(fn, params: Path) -> None:  # type: ignore[no-untyped-def]
+def _run(fn: Callable[[Config], object], params: Path) -> None:
     """Load params and run one stage function with user-facing errors."""
     from specrec.config import load_config
     from specrec.runtime import run_entry
@@ -76,7 +88,10 @@ def clock_show(params: ParamsOpt = Path("params.yaml")) -> None:
     def show() -> None:
         clock = ReplayClock.from_config(load_config(params).clock)
         for c in clock.cycles():
-            typer.echo(f"cycle {c.index:>3}  as_of {c.name}  events in [{c.start.isoformat()}, {c.as_of.isoformat()})")
+            typer.echo(
+                f"cycle {c.index:>3}  as_of {c.name}  "
+                f"events in [{c.start.isoformat()}, {c.as_of.isoformat()})"
+            )
 
     run_entry(show)
 

@@ -32,7 +32,9 @@ class Cycle:
     @property
     def name(self) -> str:
         """The cycle's run name: its as_of date (ISO), so MLflow runs line up across experiments."""
-        return self.as_of.isoformat() if self.as_of != self.as_of.normalize() else self.as_of.date().isoformat()
+        return (
+            self.as_of.isoformat() if self.as_of != self.as_of.normalize() else self.as_of.date().isoformat()
+        )
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,11 @@ class ReplayClock:
     @classmethod
     def from_config(cls, cfg: ClockConfig) -> ReplayClock:
         """The clock described by params.yaml's `clock` section."""
-        return cls(parse_timestamp("clock.start", cfg.start), parse_duration("clock.cadence", cfg.cadence),
-                   cfg.cycles)
+        return cls(
+            parse_timestamp("clock.start", cfg.start),
+            parse_duration("clock.cadence", cfg.cadence),
+            cfg.cycles,
+        )
 
     @property
     def end(self) -> pd.Timestamp:
@@ -69,8 +74,10 @@ class ReplayClock:
         ts = to_utc(as_of)
         k = (ts - self.start) / self.cadence
         if k != int(k) or not 1 <= k <= self.n_cycles:
-            raise SpecrecError(f"as_of {ts.isoformat()} is not a cycle boundary of the clock "
-                               f"(start {self.start.isoformat()}, cadence {self.cadence}, {self.n_cycles} cycles).")
+            raise SpecrecError(
+                f"as_of {ts.isoformat()} is not a cycle boundary of the clock "
+                f"(start {self.start.isoformat()}, cadence {self.cadence}, {self.n_cycles} cycles)."
+            )
         return self.cycle(int(k))
 
     def assign(self, timestamps: pd.Series) -> pd.Series:
@@ -95,17 +102,21 @@ class EventLog:
     def _slice(self, start: pd.Timestamp | None, end: pd.Timestamp) -> pd.DataFrame:
         """Events in [start, end), refusing an `end` past the horizon."""
         if self.horizon is not None and end > self.horizon:
-            raise SpecrecError(f"asked for events up to {end.isoformat()} from a log cut at as_of "
-                               f"{self.horizon.isoformat()}: code that runs at that as_of cannot see later events.")
+            raise SpecrecError(
+                f"asked for events up to {end.isoformat()} from a log cut at as_of "
+                f"{self.horizon.isoformat()}: code that runs at that as_of cannot see later events."
+            )
         ts = self._events["timestamp"]
         lo = 0 if start is None else int(ts.searchsorted(start, side="left"))
-        return self._events.iloc[lo: int(ts.searchsorted(end, side="left"))].copy()
+        return self._events.iloc[lo : int(ts.searchsorted(end, side="left"))].copy()
 
     def as_of(self, as_of: object) -> EventLog:
         """The log as it was known at `as_of`: a new log that physically holds no later event."""
         ts = to_utc(as_of)
         if self.horizon is not None and ts > self.horizon:
-            raise SpecrecError(f"cannot move a log cut at {self.horizon.isoformat()} forward to {ts.isoformat()}.")
+            raise SpecrecError(
+                f"cannot move a log cut at {self.horizon.isoformat()} forward to {ts.isoformat()}."
+            )
         return EventLog(self._events, ts)
 
     def known_at(self, as_of: object) -> pd.DataFrame:

@@ -34,9 +34,11 @@ def _require(ok: bool, key: str, value: object, allowed: str) -> None:
 def parse_timestamp(key: str, value: object) -> pd.Timestamp:
     """Parse a config date/time as UTC; naive values are taken to be UTC."""
     try:
-        ts = pd.Timestamp(value)  # type: ignore[arg-type]
+        ts = pd.Timestamp(value)
     except (ValueError, TypeError):
-        raise ConfigError(key, value, "an ISO date or date-time such as 2018-01-01 or 2018-01-01T00:00Z") from None
+        raise ConfigError(
+            key, value, "an ISO date or date-time such as 2018-01-01 or 2018-01-01T00:00Z"
+        ) from None
     _require(not pd.isna(ts), key, value, "an ISO date or date-time")
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
@@ -74,7 +76,9 @@ class ArchiveConfig:
         _require(self.name in ARCHIVE_NAMES, "data.archive.name", self.name, f"one of {ARCHIVE_NAMES}")
         _require(
             self.base_url.startswith(("http://", "https://", "file://")),
-            "data.archive.base_url", self.base_url, "an http(s):// or file:// URL ending in /",
+            "data.archive.base_url",
+            self.base_url,
+            "an http(s):// or file:// URL ending in /",
         )
         if self.sha256 is not None:
             ok = len(self.sha256) == 64 and all(c in "0123456789abcdef" for c in self.sha256.lower())
@@ -103,12 +107,23 @@ class TableConfig:
     item_columns: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _require(self.timestamp_unit in TIMESTAMP_UNITS, "data.table.timestamp_unit", self.timestamp_unit,
-                 f"one of {TIMESTAMP_UNITS}")
-        for key, allowed, mapping in (("columns", INTERACTION_COLUMNS, self.columns),
-                                      ("item_columns", ITEM_COLUMNS, self.item_columns)):
+        _require(
+            self.timestamp_unit in TIMESTAMP_UNITS,
+            "data.table.timestamp_unit",
+            self.timestamp_unit,
+            f"one of {TIMESTAMP_UNITS}",
+        )
+        for key, allowed, mapping in (
+            ("columns", INTERACTION_COLUMNS, self.columns),
+            ("item_columns", ITEM_COLUMNS, self.item_columns),
+        ):
             for name in mapping:
-                _require(name in allowed, f"data.table.{key}.{name}", name, f"a canonical column in {allowed}")
+                _require(
+                    name in allowed,
+                    f"data.table.{key}.{name}",
+                    mapping[name],
+                    f"a mapping whose keys are canonical columns {allowed}",
+                )
 
 
 @dataclass(frozen=True)
@@ -138,14 +153,26 @@ class ValidateConfig:
     max_quarantine_share: float = 0.05
 
     def __post_init__(self) -> None:
-        _require(self.rating_min <= self.rating_max, "validate.rating_min", self.rating_min,
-                 f"a number not above validate.rating_max ({self.rating_max})")
+        _require(
+            self.rating_min <= self.rating_max,
+            "validate.rating_min",
+            self.rating_min,
+            f"a number not above validate.rating_max ({self.rating_max})",
+        )
         lo = parse_timestamp("validate.timestamp_min", self.timestamp_min)
         hi = parse_timestamp("validate.timestamp_max", self.timestamp_max)
-        _require(lo < hi, "validate.timestamp_min", self.timestamp_min,
-                 f"a date before validate.timestamp_max ({self.timestamp_max})")
-        _require(0.0 <= self.max_quarantine_share <= 1.0, "validate.max_quarantine_share",
-                 self.max_quarantine_share, "a share between 0.0 and 1.0")
+        _require(
+            lo < hi,
+            "validate.timestamp_min",
+            self.timestamp_min,
+            f"a date before validate.timestamp_max ({self.timestamp_max})",
+        )
+        _require(
+            0.0 <= self.max_quarantine_share <= 1.0,
+            "validate.max_quarantine_share",
+            self.max_quarantine_share,
+            "a share between 0.0 and 1.0",
+        )
 
 
 @dataclass(frozen=True)
@@ -155,8 +182,12 @@ class SplitConfig:
     loo_min_events: int = 3  # a training prefix, a validation item and a test item
 
     def __post_init__(self) -> None:
-        _require(3 <= self.loo_min_events <= 10_000, "split.loo_min_events", self.loo_min_events,
-                 "an integer between 3 and 10000")
+        _require(
+            3 <= self.loo_min_events <= 10_000,
+            "split.loo_min_events",
+            self.loo_min_events,
+            "an integer between 3 and 10000",
+        )
 
 
 @dataclass(frozen=True)
@@ -201,7 +232,9 @@ def _type_ok(value: object, tp: Any) -> bool:
     if tp is type(None):
         return value is None
     if origin is dict:
-        return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        )
     if tp is float:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if tp is int:
@@ -231,8 +264,11 @@ def build(cls: type[T], raw: object, prefix: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}  # type: ignore[arg-type]
     for key in raw:
         if key not in fields:
-            raise ConfigError(f"{prefix}{key}", raw[key], f"a known key of {prefix.rstrip('.') or 'params'}: "
-                              f"{sorted(fields)}")
+            raise ConfigError(
+                f"{prefix}{key}",
+                raw[key],
+                f"a known key of {prefix.rstrip('.') or 'params'}: {sorted(fields)}",
+            )
     kwargs: dict[str, Any] = {}
     for name in fields:
         if name not in raw:
@@ -251,7 +287,9 @@ def load_config(params: str | Path = "params.yaml") -> Config:
     """Load and validate params.yaml; the project root is the file's directory."""
     path = Path(params)
     if not path.is_file():
-        raise SpecrecError(f"params file {str(path)!r} not found; run from the project root or pass --params PATH.")
+        raise SpecrecError(
+            f"params file {str(path)!r} not found; run from the project root or pass --params PATH."
+        )
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

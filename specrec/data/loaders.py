@@ -130,7 +130,10 @@ def read_sequence_file(path: Path, start: str = "2000-01-01", step: str = "1D") 
     """One line per user, `user item item ...` in time order; position k gets time start + k*step."""
     t0 = parse_timestamp("data.sequence.start", start).value // 1_000_000_000
     dt = parse_duration("data.sequence.step", step).value // 1_000_000_000
-    users, items, times, lines = [], [], [], []
+    users: list[str] = []
+    items: list[str] = []
+    times: list[int] = []
+    lines: list[int] = []
     with _need(path, "sequence file").open() as fh:
         for line_no, line in enumerate(fh, start=1):
             tokens = line.split()

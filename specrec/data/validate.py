@@ -120,10 +120,13 @@ def validate_interactions(raw: pd.DataFrame, timestamp_unit: str, cfg: ValidateC
     ids = _check_ids(raw, reasons, ("user_id", "item_id"))
     reasons.flag(_blank(raw["timestamp"]), "missing timestamp")
     ts = parse_times(raw["timestamp"], timestamp_unit)
-    reasons.flag(ts.isna(), f"unparsable timestamp (expected unit {timestamp_unit!r})")
     lo = parse_timestamp("validate.timestamp_min", cfg.timestamp_min)
     hi = parse_timestamp("validate.timestamp_max", cfg.timestamp_max)
-    reasons.flag((ts < lo) | (ts > hi), f"timestamp out of range [{lo.date()}, {hi.date()}]")
+    out_of_range = f"timestamp out of range [{lo.date()}, {hi.date()}]"
+    if timestamp_unit != "iso":  # a number too large for a datetime is out of range, not unparsable
+        reasons.flag(ts.isna() & pd.to_numeric(raw["timestamp"], errors="coerce").notna(), out_of_range)
+    reasons.flag(ts.isna(), f"unparsable timestamp (expected unit {timestamp_unit!r})")
+    reasons.flag((ts < lo) | (ts > hi), out_of_range)
     rating = _check_number(raw, "rating", cfg.rating_min, cfg.rating_max, reasons)
     weight = _check_number(raw, "weight", 0.0, float("inf"), reasons)
     clean = pd.DataFrame({"user_id": ids["user_id"], "item_id": ids["item_id"], "timestamp": ts,
