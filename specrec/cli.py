@@ -22,8 +22,10 @@ data_app = typer.Typer(
     help="Data pipeline stages (the same functions `dvc repro` runs).", no_args_is_help=True
 )
 clock_app = typer.Typer(help="The replay clock.", no_args_is_help=True)
+fm_app = typer.Typer(help="The foundation model (the same functions `dvc repro` runs).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(clock_app, name="clock")
+app.add_typer(fm_app, name="fm")
 
 ParamsOpt = Annotated[
     Path, typer.Option("--params", "-p", help="Path to params.yaml (its folder is the project root).")
@@ -76,6 +78,22 @@ def data_split(params: ParamsOpt = Path("params.yaml")) -> None:
     from specrec.data.split import run
 
     _run(run, params)
+
+
+@fm_app.command("train")
+def fm_train(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Train the FM on history, log it to MLflow (fm-train), register specrec-fm and gate the champion."""
+    from specrec.fm.train import train_fm
+
+    _run(train_fm, params)
+
+
+@fm_app.command("evaluate")
+def fm_evaluate(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Full-ranking test metrics of the trained FM and a popularity baseline."""
+    from specrec.fm.evaluate import evaluate_fm
+
+    _run(evaluate_fm, params)
 
 
 @clock_app.command("show")

@@ -62,6 +62,7 @@ class PathsConfig:
     prepared: str = "data/prepared"
     split: str = "data/split"
     metrics: str = "data/metrics"
+    fm: str = "data/models/fm"
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,113 @@ class ClockConfig:
         _require(1 <= self.cycles <= 100_000, "clock.cycles", self.cycles, "an integer between 1 and 100000")
 
 
+MODEL_KINDS = ("hstu", "sasrec")
+LOSSES = ("full_ce", "sampled_softmax")
+
+
+@dataclass(frozen=True)
+class FMTrainConfig:
+    """Optimisation of the foundation model (see models.train.TrainConfig for each field's meaning)."""
+
+    loss: str = "full_ce"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    max_epochs: int = 40
+    patience: int = 5
+    time_budget_s: float | None = 300.0
+    seed: int = 0
+    n_uniform_negatives: int = 512
+    n_inbatch_negatives: int = 512
+    pair_loss_weight: float = 0.0
+    pair_negatives: int = 4
+
+    def __post_init__(self) -> None:
+        _require(self.loss in LOSSES, "fm.train.loss", self.loss, f"one of {LOSSES}")
+        _require(0 < self.lr <= 1, "fm.train.lr", self.lr, "a learning rate in (0, 1]")
+        _require(self.weight_decay >= 0, "fm.train.weight_decay", self.weight_decay, "a number >= 0")
+        _require(
+            1 <= self.batch_size <= 65_536, "fm.train.batch_size", self.batch_size, "an integer in [1, 65536]"
+        )
+        _require(1 <= self.max_epochs <= 100_000, "fm.train.max_epochs", self.max_epochs, "an integer >= 1")
+        _require(1 <= self.patience <= 100_000, "fm.train.patience", self.patience, "an integer >= 1")
+        _require(
+            self.time_budget_s is None or self.time_budget_s > 0,
+            "fm.train.time_budget_s",
+            self.time_budget_s,
+            "a positive number of seconds, or null for no budget",
+        )
+        _require(
+            self.n_uniform_negatives >= 0,
+            "fm.train.n_uniform_negatives",
+            self.n_uniform_negatives,
+            "an integer >= 0",
+        )
+        _require(
+            self.n_inbatch_negatives >= 0,
+            "fm.train.n_inbatch_negatives",
+            self.n_inbatch_negatives,
+            "an integer >= 0",
+        )
+        _require(
+            self.pair_loss_weight >= 0, "fm.train.pair_loss_weight", self.pair_loss_weight, "a number >= 0"
+        )
+        _require(self.pair_negatives >= 1, "fm.train.pair_negatives", self.pair_negatives, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class FMConfig:
+    """The foundation model's architecture (models.hstu.HSTUConfig / models.sasrec.SASRecConfig fields)."""
+
+    model: str = "hstu"
+    max_len: int = 200
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 1
+    dropout: float = 0.2
+    time_buckets: int = 64
+    l2_norm: bool = True
+    temperature: float = 0.05
+    train: FMTrainConfig = field(default_factory=FMTrainConfig)
+    # a challenger becomes specrec-fm@champion only when its validation score beats the champion's
+    promote_metric: str = "ndcg@10"
+
+    def __post_init__(self) -> None:
+        _require(self.model in MODEL_KINDS, "fm.model", self.model, f"one of {MODEL_KINDS}")
+        _require(1 <= self.max_len <= 4096, "fm.max_len", self.max_len, "an integer in [1, 4096]")
+        _require(1 <= self.dim <= 4096, "fm.dim", self.dim, "an integer in [1, 4096]")
+        _require(1 <= self.n_layers <= 64, "fm.n_layers", self.n_layers, "an integer in [1, 64]")
+        _require(
+            self.n_heads >= 1 and self.dim % self.n_heads == 0,
+            "fm.n_heads",
+            self.n_heads,
+            f"a positive divisor of fm.dim ({self.dim})",
+        )
+        _require(0 <= self.dropout < 1, "fm.dropout", self.dropout, "a probability in [0, 1)")
+        _require(
+            1 <= self.time_buckets <= 4096, "fm.time_buckets", self.time_buckets, "an integer in [1, 4096]"
+        )
+        _require(self.temperature > 0, "fm.temperature", self.temperature, "a number > 0")
+        metrics = tuple(f"{m}@{k}" for m in ("hr", "ndcg") for k in (5, 10, 50, 200)) + ("mrr",)
+        _require(
+            self.promote_metric in metrics, "fm.promote_metric", self.promote_metric, f"one of {metrics}"
+        )
+
+    def model_config(self, n_items: int) -> dict[str, Any]:
+        """Keyword arguments of the chosen model's config class."""
+        arch: dict[str, Any] = {
+            "n_items": n_items,
+            "max_len": self.max_len,
+            "dim": self.dim,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "dropout": self.dropout,
+            "l2_norm": self.l2_norm,
+            "temperature": self.temperature,
+        }
+        return arch | ({"time_buckets": self.time_buckets} if self.model == "hstu" else {})
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration."""
@@ -213,6 +321,7 @@ class Config:
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
+    fm: FMConfig = field(default_factory=FMConfig)
     root: Path = field(default=Path("."), metadata={"internal": True})
 
     def path(self, relative: str) -> Path:
@@ -277,7 +386,10 @@ def build(cls: type[T], raw: object, prefix: str) -> T:
         if dataclasses.is_dataclass(tp):
             kwargs[name] = build(tp, value, f"{key}.")  # type: ignore[arg-type]
         elif _type_ok(value, tp):
-            kwargs[name] = str(value) if tp is str else (float(value) if tp is float else value)
+            floaty = tp is float or (
+                float in get_args(tp) and isinstance(value, int) and not isinstance(value, bool)
+            )
+            kwargs[name] = str(value) if tp is str else (float(value) if floaty else value)
         else:
             raise ConfigError(key, value, _describe(tp))
     return cls(**kwargs)

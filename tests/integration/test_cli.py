@@ -25,7 +25,14 @@ def test_version() -> None:
 
 
 def test_every_option_has_help() -> None:
-    for cmd in (["data", "ingest"], ["data", "prepare"], ["data", "split"], ["clock", "show"]):
+    for cmd in (
+        ["data", "ingest"],
+        ["data", "prepare"],
+        ["data", "split"],
+        ["clock", "show"],
+        ["fm", "train"],
+        ["fm", "evaluate"],
+    ):
         proc = _run(*cmd, "--help")
         assert proc.returncode == 0
         assert "--params" in proc.stdout and "Path to params.yaml" in proc.stdout

@@ -29,8 +29,12 @@ def project(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     dst = tmp_path_factory.mktemp("project")
     for name in ("params.yaml", "dvc.yaml", ".dvcignore"):
         shutil.copy(root / name, dst / name)
-    for name in ("specrec", "datasets"):
+    for name in ("specrec", "models", "datasets"):
         shutil.copytree(root / name, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    params["fm"] |= {"dim": 8, "max_len": 20, "n_layers": 1}  # a CI-sized FM: the pipeline, not the accuracy
+    params["fm"]["train"] |= {"max_epochs": 1, "batch_size": 256, "time_budget_s": 60}
+    (dst / "params.yaml").write_text(yaml.safe_dump(params))
     _run(["git", "init", "-q"], dst)
     _run([sys.executable, "-m", "dvc", "init", "-q"], dst)
     return dst
@@ -57,7 +61,7 @@ def test_repro_then_noop_then_only_dependents(project: Path) -> None:
     assert _stages_run(second) == [] and "up to date" in second
 
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["clock"]["cycles"] = 5
+    params["clock"]["cycles"] = 5  # only the replay part of the split changes: the FM is not retrained
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     third = _run([*dvc, "repro"], project)
     assert _stages_run(third) == ["split"]
@@ -65,8 +69,14 @@ def test_repro_then_noop_then_only_dependents(project: Path) -> None:
     params["validate"]["rating_max"] = 4.0  # quarantines the 5-star ratings: all stages re-run
     params["validate"]["max_quarantine_share"] = 0.5
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    assert _stages_run(_run([*dvc, "repro"], project)) == ["ingest", "prepare", "split"]
+    assert _stages_run(_run([*dvc, "repro"], project)) == [
+        "ingest",
+        "prepare",
+        "split",
+        "train_fm",
+        "evaluate_fm",
+    ]
 
     metrics = _run([*dvc, "metrics", "show"], project)
-    assert "interactions_quarantined" in metrics
+    assert "interactions_quarantined" in metrics and "fm.ndcg@10" in metrics
     assert "ingest" in _run([*dvc, "dag"], project)
