@@ -45,7 +45,7 @@ $(STAMP): $(REQS)
 setup: $(STAMP) ## create .venv and install everything (idempotent)
 
 demo: $(STAMP) ## run the platform end to end on the shipped dataset
-	@echo "== data pipeline: dvc repro (ingest -> prepare -> split) =="
+	@echo "== data and model pipeline: dvc repro (ingest -> prepare -> split -> train_fm -> evaluate_fm) =="
 	dvc repro
 	@echo
 	@echo "== outputs =="
@@ -53,12 +53,15 @@ demo: $(STAMP) ## run the platform end to end on the shipped dataset
 	@echo "  data/quarantine/   rows that failed validation, with a reason column"
 	@echo "  data/prepared/     id maps, item/user tables, per-user sequences"
 	@echo "  data/split/        history / replay (per cycle) / leave-one-out"
-	@echo "  data/metrics/      stage metrics: dvc metrics show"
+	@echo "  data/models/fm/    the trained FM (safetensors, config, id map); MLflow: specrec-fm@champion"
+	@echo "  data/metrics/      stage metrics (dvc metrics show), per-epoch curve (dvc plots show)"
+	@echo "  mlflow/mlflow.db   MLflow runs and registry: make mlflow-ui, then http://127.0.0.1:5000"
 	dvc metrics show
 	@echo
 	specrec clock show
 
-test: $(STAMP) ## run the whole test suite
+test: $(STAMP) ## lint, then run the whole test suite
+	$(BIN)/ruff check specrec models flows benchmarks tests
 	$(BIN)/python -m pytest -q -ra
 
 test-fast: $(STAMP) ## unit tests only
