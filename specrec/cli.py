@@ -26,6 +26,10 @@ fm_app = typer.Typer(help="The foundation model (the same functions `dvc repro` 
 app.add_typer(data_app, name="data")
 app.add_typer(clock_app, name="clock")
 app.add_typer(fm_app, name="fm")
+nearline_app = typer.Typer(
+    help="Nearline writes to the Feast store (the same code the flows run).", no_args_is_help=True
+)
+app.add_typer(nearline_app, name="nearline")
 
 ParamsOpt = Annotated[
     Path, typer.Option("--params", "-p", help="Path to params.yaml (its folder is the project root).")
@@ -94,6 +98,32 @@ def fm_evaluate(params: ParamsOpt = Path("params.yaml")) -> None:
     from specrec.fm.evaluate import evaluate_fm
 
     _run(evaluate_fm, params)
+
+
+@nearline_app.command("apply")
+def nearline_apply(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Register the Feast definitions in features/ and create the online tables (like `feast apply`)."""
+    from specrec.nearline.store import apply
+
+    _run(apply, params)
+
+
+@nearline_app.command("items")
+def nearline_items(
+    as_of: Annotated[str, typer.Option(help="Write the items known before this instant (ISO date or time).")],
+    bundle: Annotated[
+        str, typer.Option(help="'champion' (the current champions) or a registered bundle id.")
+    ] = ("champion"),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Materialize a bundle's item representations (complete for a new bundle, else incremental)."""
+    from flows.materialize_item_embeddings import resolve_bundle, write_items
+
+    def run(cfg: Config) -> None:
+        resolved = resolve_bundle.fn(str(params.resolve()), bundle)
+        typer.echo(write_items.fn(str(params.resolve()), as_of, resolved))
+
+    _run(run, params)
 
 
 @clock_app.command("show")

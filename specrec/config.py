@@ -63,6 +63,7 @@ class PathsConfig:
     split: str = "data/split"
     metrics: str = "data/metrics"
     fm: str = "data/models/fm"
+    kv_cache: str = "data/kv_cache"
 
 
 @dataclass(frozen=True)
@@ -312,6 +313,30 @@ class FMConfig:
         return arch | ({"time_buckets": self.time_buckets} if self.model == "hstu" else {})
 
 
+PROFILES = ("embedded", "production")
+
+
+@dataclass(frozen=True)
+class FeastConfig:
+    """Which Feast repo configuration to use, and how nearline writes are batched."""
+
+    repo: str = "features"
+    profile: str = "embedded"  # embedded: SQLite + file registry; production: Redis + SQL registry
+    write_batch_rows: int = 50_000
+    keep_bundles: int = 2  # online rows of older bundles are deleted once this many newer ones are complete
+
+    def __post_init__(self) -> None:
+        _require(self.profile in PROFILES, "feast.profile", self.profile, f"one of {PROFILES}")
+        _require(1 <= self.write_batch_rows <= 10_000_000, "feast.write_batch_rows", self.write_batch_rows,
+                 "an integer in [1, 10000000]")
+        _require(1 <= self.keep_bundles <= 100, "feast.keep_bundles", self.keep_bundles, "an integer in [1, 100]")
+
+    @property
+    def yaml_name(self) -> str:
+        """The feature_store yaml of the profile."""
+        return "feature_store.yaml" if self.profile == "embedded" else "feature_store.production.yaml"
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration."""
@@ -322,6 +347,7 @@ class Config:
     split: SplitConfig = field(default_factory=SplitConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
     fm: FMConfig = field(default_factory=FMConfig)
+    feast: FeastConfig = field(default_factory=FeastConfig)
     root: Path = field(default=Path("."), metadata={"internal": True})
 
     def path(self, relative: str) -> Path:

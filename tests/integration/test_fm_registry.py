@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -14,44 +13,20 @@ import mlflow
 from models.sequences import history_batch
 from models.train import load_checkpoint
 from specrec.config import Config
-from specrec.data import prepare, split
-from specrec.data.ingest import ingest
 from specrec.fm.evaluate import evaluate_fm
-from specrec.fm.train import REGISTERED_MODEL, train_fm
+from specrec.fm.train import REGISTERED_MODEL, TrainOutcome
 from specrec.registry import CHAMPION, alias_version, promote_if_better
-from specrec.tracking import use_project_store
+from tests.integration.conftest import TinyProject
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, root: Path) -> tuple[Config, object]:
-    from specrec.config import PathsConfig, load_config
-
-    tmp = tmp_path_factory.mktemp("fm")
-    cfg = load_config(root / "params.yaml")
-    paths = PathsConfig(**{f.name: str(tmp / f.name) for f in dataclasses.fields(PathsConfig)})
-    fm = dataclasses.replace(
-        cfg.fm,
-        dim=16,
-        max_len=30,
-        n_layers=1,
-        train=dataclasses.replace(cfg.fm.train, max_epochs=2, batch_size=128),
-    )
-    data = dataclasses.replace(cfg.data, path=str(root / cfg.data.path))
-    cfg = dataclasses.replace(cfg, paths=paths, data=data, fm=fm, root=tmp)
-    ingest(cfg)
-    prepare.run(cfg)
-    split.run(cfg)
-    return cfg, train_fm(cfg, progress=False)
+@pytest.fixture
+def trained(tiny: TinyProject) -> tuple[Config, TrainOutcome]:
+    return tiny.cfg, tiny.fm
 
 
-@pytest.fixture(autouse=True)
-def _store(trained: tuple[Config, object]) -> None:
-    use_project_store(trained[0].root)  # each test talks to the temp project's MLflow store
-
-
-def test_training_is_logged_and_registered(trained: tuple[Config, object]) -> None:
+def test_training_is_logged_and_registered(trained: tuple[Config, TrainOutcome]) -> None:
     cfg, outcome = trained
     run = mlflow.get_run(outcome.run_id)
     assert run.info.run_name == "2018-01-01"  # the as_of of the base model: clock.start
@@ -74,7 +49,7 @@ def test_training_is_logged_and_registered(trained: tuple[Config, object]) -> No
     } <= files  # weights, config, id map
 
 
-def test_champion_loads_back_with_identical_scores(trained: tuple[Config, object]) -> None:
+def test_champion_loads_back_with_identical_scores(trained: tuple[Config, TrainOutcome]) -> None:
     cfg, _ = trained
     local = load_checkpoint(cfg.path(cfg.paths.fm))
     pyfunc = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL}@{CHAMPION}")
@@ -98,7 +73,7 @@ def test_champion_loads_back_with_identical_scores(trained: tuple[Config, object
     assert list(top["item_id"][0]) == list(ids.loc[top["item_idx"][0]])
 
 
-def test_evaluate_writes_test_metrics(trained: tuple[Config, object]) -> None:
+def test_evaluate_writes_test_metrics(trained: tuple[Config, TrainOutcome]) -> None:
     cfg, outcome = trained
     metrics = evaluate_fm(cfg)
     assert set(metrics["fm"]) >= {"hr@10", "ndcg@10", "hr@50", "ndcg@200", "mrr"}
@@ -107,7 +82,7 @@ def test_evaluate_writes_test_metrics(trained: tuple[Config, object]) -> None:
     assert run.data.metrics["test_ndcg_at_10"] == pytest.approx(metrics["fm"]["ndcg@10"])
 
 
-def test_gate_moves_champion_only_for_a_better_version(trained: tuple[Config, object]) -> None:
+def test_gate_moves_champion_only_for_a_better_version(trained: tuple[Config, TrainOutcome]) -> None:
     cfg, outcome = trained
     client = mlflow.MlflowClient()
     base = outcome.promotion.challenger_score
@@ -118,3 +93,4 @@ def test_gate_moves_champion_only_for_a_better_version(trained: tuple[Config, ob
     assert "does not beat" in worse.reason
     better = promote_if_better(client, REGISTERED_MODEL, str(v2), "ndcg@10", base + 0.01)
     assert better.promoted and alias_version(client, REGISTERED_MODEL, CHAMPION) == str(v2)
+    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, outcome.version)  # leave the project as found

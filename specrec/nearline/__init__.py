@@ -1,0 +1,1 @@
+"""Nearline work: the Feast store, serving bundles, and materialization of model representations."""

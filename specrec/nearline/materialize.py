@@ -1,0 +1,229 @@
+"""Materialize item representations of a bundle into Feast: offline history and online store.
+
+Complete when the bundle is new (every item known at as_of), incremental when the bundle is already
+complete (only items first seen since its last run). Rows are keyed by (item_id, bundle_id), so a new
+bundle is written next to the serving one and `specrec-bundle@serving` moves only after the last row
+is in (blue/green). A crash leaves the new bundle incomplete and unserved; a rerun rewrites the same
+rows (upserts) and finishes. Batches are streamed, so memory is bounded by one batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from specrec.clock import to_utc
+from specrec.config import Config
+from specrec.errors import SpecrecError
+from specrec.io import read_parquet, write_parquet
+from specrec.nearline import bundles
+from specrec.nearline.store import offline_dir
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+    from mlflow import MlflowClient
+    from models.train import RecModel
+
+log = logging.getLogger(__name__)
+
+VIEW = "item_repr"
+EXPERIMENT = "materialize"
+
+
+@dataclass(frozen=True)
+class MaterializeResult:
+    """What one materialization did."""
+
+    as_of: str
+    bundle_id: str
+    bundle_version: str
+    mode: str  # complete | incremental | noop
+    rows_written: int
+    items_known: int
+    seconds: float
+    promoted: bool
+
+    @property
+    def rows_per_s(self) -> float:
+        """Write throughput."""
+        return self.rows_written / self.seconds if self.seconds > 0 else 0.0
+
+
+def load_fm(version: str) -> RecModel:
+    """The torch FM of a registered specrec-fm version."""
+    import mlflow
+
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/specrec-fm/{version}").unwrap_python_model().model
+    except Exception as exc:  # noqa: BLE001 - any load failure is the same problem for the user
+        raise SpecrecError(
+            f"cannot load models:/specrec-fm/{version} from the MLflow registry: {exc}. "
+            "Check MLFLOW_TRACKING_URI, or retrain with `dvc repro train_fm`."
+        ) from None
+    return model.eval()
+
+
+def known_items(items: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Items whose first event is before as_of."""
+    return items[items["first_seen"].notna() & (items["first_seen"] < as_of)]
+
+
+def _codes(model: RecModel, item_idx: np.ndarray) -> list[np.ndarray]:
+    """Semantic-ID codes of items as int64 arrays, empty when the model has no codebook."""
+    codes = getattr(model.item_emb, "codes", None)
+    if codes is None:
+        return [np.zeros(0, dtype=np.int64) for _ in item_idx]
+    return list(codes[torch.from_numpy(item_idx)].numpy().astype(np.int64))
+
+
+def item_batches(
+    model: RecModel, items: pd.DataFrame, bundle_id: str, as_of: pd.Timestamp, batch_rows: int
+) -> Iterator[pd.DataFrame]:
+    """Rows of item_repr in batches: embeddings computed per batch from the model's item table."""
+    with torch.no_grad():
+        table = model.item_embeddings()  # (n_items+1, D), a view of the weights plus normalisation
+    for start in range(0, len(items), batch_rows):
+        part = items.iloc[start : start + batch_rows]
+        idx = part["item_idx"].to_numpy(np.int64)
+        emb = table[torch.from_numpy(idx)].numpy().astype(np.float32)  # (B, D)
+        yield pd.DataFrame(
+            {
+                "item_id": part["item_id"].to_numpy(np.int64),
+                "bundle_id": bundle_id,
+                "embedding": list(emb),
+                "semantic_id": _codes(model, idx),
+                "item_idx": idx,
+                "event_timestamp": as_of,
+            }
+        )
+
+
+def check_rows(frame: pd.DataFrame, dim: int) -> None:
+    """Refuse NaN/inf or wrong-dimension embeddings, naming the items; nothing is written then."""
+    emb = frame["embedding"]
+    wrong_dim = emb.map(len) != dim
+    bad = wrong_dim.copy()
+    bad[~wrong_dim] = (
+        ~np.isfinite(np.stack(emb[~wrong_dim].to_list())).all(axis=1) if (~wrong_dim).any() else False
+    )
+    if bad.any():
+        ids = frame.loc[bad, "item_id"].tolist()
+        raise SpecrecError(
+            f"{len(ids)} item embeddings are not finite {dim}-vectors (item_id {ids[:20]}"
+            f"{' ...' if len(ids) > 20 else ''}); nothing of this batch was written. The model "
+            "produced bad values: check its checkpoint, then rerun."
+        )
+
+
+def write_batch(store: FeatureStore, frame: pd.DataFrame, history_path: Any, batch_rows: int,
+                view: str = VIEW) -> None:
+    """Write one validated batch offline (parquet history) and online."""
+    write_parquet(frame, history_path)
+    try:
+        from specrec.nearline.online_writer import write_online
+    except ImportError:  # the fast writer is optional: Feast's own path is correct, only slower
+        store.write_to_online_store(view, frame)
+        return
+    write_online(store, view, frame, batch_rows=batch_rows, progress=False)
+
+
+def _todo(
+    client: MlflowClient, bundle: bundles.Bundle, known: pd.DataFrame, as_of: pd.Timestamp
+) -> tuple[str, pd.DataFrame]:
+    """The mode and the items to write: all known items for a new bundle, new items for a complete one."""
+    assert bundle.version is not None
+    tags = client.get_model_version(bundles.REGISTERED_MODEL, bundle.version).tags
+    if tags.get("complete") != "true":
+        return "complete", known
+    done = to_utc(tags["materialized_as_of"])
+    if done >= as_of:
+        return "noop", known.iloc[:0]
+    return "incremental", known[known["first_seen"] >= done]
+
+
+def materialize_items(
+    cfg: Config,
+    as_of: object,
+    bundle: bundles.Bundle,
+    store: FeatureStore,
+    client: MlflowClient,
+    progress: bool = True,
+) -> MaterializeResult:
+    """Write the bundle's item rows known at as_of; mark it complete; move serving to it if it is newer."""
+    when = to_utc(as_of)
+    items = read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet", "prepared items")
+    known = known_items(items, when)
+    mode, todo = _todo(client, bundle, known, when)
+    start, written = time.perf_counter(), 0
+    if len(todo):
+        model = load_fm(bundle.fm_version)
+        dim = int(model.item_embeddings().shape[1])
+        folder = offline_dir(store, VIEW) / f"bundle={bundle.bundle_id}"
+        batches = item_batches(model, todo, bundle.bundle_id, when, cfg.feast.write_batch_rows)
+        n_batches = -(-len(todo) // cfg.feast.write_batch_rows)
+        for k, frame in enumerate(
+            tqdm(batches, total=n_batches, desc=f"item_repr {bundle.bundle_id}", disable=not progress)
+        ):
+            check_rows(frame, dim)
+            write_batch(
+                store, frame, folder / f"as_of={when.date()}-part{k:05d}.parquet", cfg.feast.write_batch_rows
+            )
+            written += len(frame)
+    if mode != "noop":
+        bundles.tag(
+            client, bundle, complete="true", materialized_as_of=when.isoformat(), items=str(len(known))
+        )
+    promoted = _maybe_promote(client, bundle)
+    result = MaterializeResult(
+        when.isoformat(),
+        bundle.bundle_id,
+        str(bundle.version),
+        mode,
+        written,
+        len(known),
+        time.perf_counter() - start,
+        promoted,
+    )
+    log.info("materialize item_repr: %s", asdict(result))
+    return result
+
+
+def _maybe_promote(client: MlflowClient, bundle: bundles.Bundle) -> bool:
+    """Move serving to the bundle when it is complete and newer than the serving one."""
+    current = bundles.serving(client)
+    if current is not None and int(current.version or 0) >= int(bundle.version or 0):
+        return False
+    bundles.promote_serving(client, bundle)
+    return True
+
+
+def log_run(
+    cfg: Config,
+    view: str,
+    as_of: str,
+    bundle_id: str,
+    metrics: dict[str, float],
+    tags: dict[str, str] | None = None,
+) -> str | None:
+    """Log one nearline write to MLflow `materialize` (run named by as_of), once per (view, as_of, bundle):
+    a rerun of the same write adds no second run."""
+    import mlflow
+    from specrec.tracking import experiment_id
+
+    exp = experiment_id(cfg.root, EXPERIMENT)
+    query = f"tags.view = '{view}' and tags.as_of = '{as_of}' and tags.bundle_id = '{bundle_id}'"
+    if mlflow.search_runs([exp], query, output_format="list"):
+        return None
+    with mlflow.start_run(experiment_id=exp, run_name=str(to_utc(as_of).date())) as run:
+        mlflow.set_tags({"view": view, "as_of": as_of, "bundle_id": bundle_id, **(tags or {})})
+        mlflow.log_metrics(metrics)
+    return str(run.info.run_id)

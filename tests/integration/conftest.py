@@ -1,0 +1,64 @@
+"""A tiny but real project in a temp folder: the shipped data through the pipeline, a small FM trained and
+registered in the folder's own MLflow store, and a copy of the Feast repo."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+
+from specrec.config import Config, PathsConfig, load_config
+from specrec.data import prepare, split
+from specrec.data.ingest import ingest
+from specrec.fm.train import TrainOutcome, train_fm
+from specrec.tracking import use_project_store
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyProject:
+    """The config of the temp project and the outcome of its FM training."""
+
+    cfg: Config
+    fm: TrainOutcome
+
+    @property
+    def params(self) -> Path:
+        """Its params.yaml (written out, for code that loads params itself)."""
+        return self.cfg.root / "params.yaml"
+
+
+def _write_params(cfg: Config, path: Path) -> None:
+    """Write a Config back to YAML so subprocesses and flows load the same settings."""
+    import yaml
+
+    raw = dataclasses.asdict(cfg)
+    raw.pop("root")
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory: pytest.TempPathFactory, root: Path) -> TinyProject:
+    """Build the temp project once per test session (~30 s)."""
+    tmp = tmp_path_factory.mktemp("project")
+    cfg = load_config(root / "params.yaml")
+    paths = PathsConfig(**{f.name: f"data/{f.name}" for f in dataclasses.fields(PathsConfig)})
+    fm = dataclasses.replace(cfg.fm, dim=16, max_len=30, n_layers=1,
+                             train=dataclasses.replace(cfg.fm.train, max_epochs=2, batch_size=128))
+    data = dataclasses.replace(cfg.data, path=str(root / cfg.data.path))
+    cfg = dataclasses.replace(cfg, paths=paths, data=data, fm=fm, root=tmp)
+    shutil.copytree(root / "features", tmp / "features", ignore=shutil.ignore_patterns("__pycache__"))
+    _write_params(cfg, tmp / "params.yaml")
+    ingest(cfg)
+    prepare.run(cfg)
+    split.run(cfg)
+    outcome = train_fm(cfg, progress=False)
+    return TinyProject(load_config(tmp / "params.yaml"), outcome)
+
+
+@pytest.fixture
+def tiny(tiny_project: TinyProject) -> TinyProject:
+    """The temp project, with MLflow pointed at its store for this test."""
+    use_project_store(tiny_project.cfg.root)
+    return tiny_project
