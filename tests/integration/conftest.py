@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,8 +45,13 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory, root: Path) -> TinyPr
     tmp = tmp_path_factory.mktemp("project")
     cfg = load_config(root / "params.yaml")
     paths = PathsConfig(**{f.name: f"data/{f.name}" for f in dataclasses.fields(PathsConfig)})
-    fm = dataclasses.replace(cfg.fm, dim=16, max_len=30, n_layers=1,
-                             train=dataclasses.replace(cfg.fm.train, max_epochs=2, batch_size=128))
+    fm = dataclasses.replace(
+        cfg.fm,
+        dim=16,
+        max_len=30,
+        n_layers=1,
+        train=dataclasses.replace(cfg.fm.train, max_epochs=2, batch_size=128),
+    )
     data = dataclasses.replace(cfg.data, path=str(root / cfg.data.path))
     cfg = dataclasses.replace(cfg, paths=paths, data=data, fm=fm, root=tmp)
     shutil.copytree(root / "features", tmp / "features", ignore=shutil.ignore_patterns("__pycache__"))
@@ -62,3 +68,53 @@ def tiny(tiny_project: TinyProject) -> TinyProject:
     """The temp project, with MLflow pointed at its store for this test."""
     use_project_store(tiny_project.cfg.root)
     return tiny_project
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on loopback for the session, stopped afterwards (`host:port`)."""
+    import subprocess
+    import time
+
+    from tests.conftest import require
+
+    binary = shutil.which("redis-server")
+    require(binary is not None, "redis-server (Debian package redis-server; `make services` installs it)")
+    port, folder = _free_port(), tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [
+            str(binary),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)

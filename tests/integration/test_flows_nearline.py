@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+import mlflow
 from flows.materialize_item_embeddings import materialize_item_embeddings
 from flows.update_item_stats import update_item_stats
 from flows.update_user_state import update_user_state
@@ -64,7 +64,12 @@ def test_flows_complete_and_are_idempotent(tiny: TinyProject, harness: None) -> 
     user = int(known["user_id"].iloc[-1])
     item = int(known["item_id"].iloc[-1])
     got = store.get_online_features(
-        features=["user_state:recent_items", "user_state:n_events", "item_stats:count_7c", "item_repr:embedding"],
+        features=[
+            "user_state:recent_items",
+            "user_state:n_events",
+            "item_stats:count_7c",
+            "item_repr:embedding",
+        ],
         entity_rows=[{"user_id": user, "item_id": item, "bundle_id": serving.bundle_id}],
     ).to_dict()
     mine = known[known["user_id"] == user]

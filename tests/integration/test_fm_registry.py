@@ -93,4 +93,6 @@ def test_gate_moves_champion_only_for_a_better_version(trained: tuple[Config, Tr
     assert "does not beat" in worse.reason
     better = promote_if_better(client, REGISTERED_MODEL, str(v2), "ndcg@10", base + 0.01)
     assert better.promoted and alias_version(client, REGISTERED_MODEL, CHAMPION) == str(v2)
-    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, outcome.version)  # leave the project as found
+    client.set_registered_model_alias(
+        REGISTERED_MODEL, CHAMPION, outcome.version
+    )  # leave the project as found

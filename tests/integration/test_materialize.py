@@ -10,26 +10,34 @@ import sys
 import time
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 
+import mlflow
 from specrec.clock import ReplayClock
 from specrec.errors import SpecrecError
 from specrec.nearline import bundles
 from specrec.nearline.materialize import check_rows, load_fm, materialize_items
 from specrec.nearline.store import apply, offline_dir
 from specrec.registry import CHAMPION
+from specrec.tracking import experiment_id
 from tests.integration.conftest import TinyProject
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
+def _exp(tiny: TinyProject) -> str:
+    """The temp project's `materialize` experiment (artifacts inside the project, never ./mlruns)."""
+    return experiment_id(tiny.cfg.root, "materialize")
+
+
 def _read(store, ids: list[int], bundle_id: str) -> dict[str, list]:  # type: ignore[no-untyped-def]
     """What a plain Feast client reads for these items of this bundle."""
     rows = [{"item_id": i, "bundle_id": bundle_id} for i in ids]
-    return store.get_online_features(features=["item_repr:embedding", "item_repr:item_idx"], entity_rows=rows).to_dict()
+    return store.get_online_features(
+        features=["item_repr:embedding", "item_repr:item_idx"], entity_rows=rows
+    ).to_dict()
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +61,7 @@ def _new_fm_champion(tiny: TinyProject) -> str:
 def test_complete_then_noop_then_incremental(tiny: TinyProject, store) -> None:  # type: ignore[no-untyped-def]
     cfg, client = tiny.cfg, mlflow.MlflowClient()
     clock = ReplayClock.from_config(cfg.clock)
-    exp = bundles.register(client, bundles.champion_parts(client), "0")
+    exp = bundles.register(client, bundles.champion_parts(client), _exp(tiny))
     first = materialize_items(cfg, clock.cycle(1).as_of, exp, store, client, progress=False)
     items = _items(tiny)
     known = items[items["first_seen"] < clock.cycle(1).as_of]
@@ -82,15 +90,22 @@ def test_sigkill_midway_then_rerun_is_complete_and_never_mixed(tiny: TinyProject
     old = bundles.serving(client)
     assert old is not None and bundles.is_complete(client, old)
     _new_fm_champion(tiny)
-    new = bundles.register(client, bundles.champion_parts(client), "0")
+    new = bundles.register(client, bundles.champion_parts(client), _exp(tiny))
     assert new.bundle_id != old.bundle_id
 
     params = tiny.params.read_text().replace("write_batch_rows: 50000", "write_batch_rows: 200")
     slow = tiny.cfg.root / "params_small_batches.yaml"
     slow.write_text(params)
     env = os.environ | {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
-    cmd = [str(Path(sys.executable).parent / "specrec"), "nearline", "items", "--as-of", str(as_of.date()),
-           "--params", str(slow)]
+    cmd = [
+        str(Path(sys.executable).parent / "specrec"),
+        "nearline",
+        "items",
+        "--as-of",
+        str(as_of.date()),
+        "--params",
+        str(slow),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     folder = offline_dir(store, "item_repr") / f"bundle={new.bundle_id}"
     deadline = time.monotonic() + 120
@@ -113,13 +128,21 @@ def test_sigkill_midway_then_rerun_is_complete_and_never_mixed(tiny: TinyProject
     assert result.mode == "complete" and result.promoted
     assert bundles.serving(client).bundle_id == new.bundle_id
     assert all(e is not None for e in _read(store, known, new.bundle_id)["embedding"])  # nothing lost
-    assert all(e is not None for e in _read(store, known, old.bundle_id)["embedding"])  # old kept for rollback
+    assert all(
+        e is not None for e in _read(store, known, old.bundle_id)["embedding"]
+    )  # old kept for rollback
 
 
 def test_bad_embeddings_are_refused_with_ids() -> None:
-    frame = pd.DataFrame({"item_id": [1, 2, 3, 4], "embedding": [np.ones(4), np.array([1, np.nan, 0, 0]),
-                                                                 np.ones(3), np.array([np.inf, 0, 0, 0])]})
-    with pytest.raises(SpecrecError, match=r"3 item embeddings are not finite 4-vectors \(item_id \[2, 3, 4\]"):
+    frame = pd.DataFrame(
+        {
+            "item_id": [1, 2, 3, 4],
+            "embedding": [np.ones(4), np.array([1, np.nan, 0, 0]), np.ones(3), np.array([np.inf, 0, 0, 0])],
+        }
+    )
+    with pytest.raises(
+        SpecrecError, match=r"3 item embeddings are not finite 4-vectors \(item_id \[2, 3, 4\]"
+    ):
         check_rows(frame, 4)
     check_rows(frame.iloc[:1], 4)
 
@@ -127,7 +150,7 @@ def test_bad_embeddings_are_refused_with_ids() -> None:
 def test_incomplete_bundle_cannot_serve(tiny: TinyProject) -> None:
     client = mlflow.MlflowClient()
     parts = bundles.champion_parts(client) | {"scorer": "999"}  # a bundle nobody materialized
-    bundle = bundles.register(client, parts, "0")
+    bundle = bundles.register(client, parts, _exp(tiny))
     with pytest.raises(SpecrecError, match="not completely materialized"):
         bundles.promote_serving(client, bundle)
-    assert bundles.register(client, parts, "0").version == bundle.version  # registering is idempotent
+    assert bundles.register(client, parts, _exp(tiny)).version == bundle.version  # registering is idempotent
