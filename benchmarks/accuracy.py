@@ -160,6 +160,7 @@ def run_one(
         n_uniform_negatives=1024,
         n_inbatch_negatives=1024,
         pair_loss_weight=0.1 if kind == "hstu" else 0.0,
+        bf16_logits=True,
         progress=False,
     )
     t0 = time.perf_counter()

@@ -14,11 +14,13 @@ LOSS_NAMES = ("full_ce", "sampled_softmax")
 
 
 def full_cross_entropy(
-    hidden: torch.Tensor, targets: torch.Tensor, table: torch.Tensor, scale: float
+    hidden: torch.Tensor, targets: torch.Tensor, table: torch.Tensor, scale: float, bf16: bool = False
 ) -> torch.Tensor:
-    """Softmax cross-entropy over all items 1..n_items."""
-    logits = (hidden * scale) @ table[1:].T  # (N, n_items); scaling (N, D) is cheaper than (N, n_items)
-    return F.cross_entropy(logits, targets - 1)
+    """Softmax cross-entropy over all items 1..n_items; bf16 runs the logits matmul in bfloat16."""
+    # The (N, n_items) matmul dominates training; on AVX512-BF16 CPUs bfloat16 makes it ~6x faster.
+    with torch.autocast(hidden.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = (hidden * scale) @ table[1:].T  # (N, n_items); scaling (N, D) is cheaper than (N, n_items)
+    return F.cross_entropy(logits.float(), targets - 1)
 
 
 def sampled_softmax(
@@ -55,10 +57,11 @@ def next_item_loss(
     n_uniform: int = 0,
     n_inbatch: int = 0,
     generator: torch.Generator | None = None,
+    bf16: bool = False,
 ) -> torch.Tensor:
     """Dispatch to the loss named in config ('full_ce' or 'sampled_softmax')."""
     if name == "full_ce":
-        return full_cross_entropy(hidden, targets, table, scale)
+        return full_cross_entropy(hidden, targets, table, scale, bf16)
     if name == "sampled_softmax":
         return sampled_softmax(hidden, targets, table, scale, n_uniform, n_inbatch, generator)
     raise ValueError(f"loss={name!r} is unknown: use one of {LOSS_NAMES}")

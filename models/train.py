@@ -54,6 +54,7 @@ class TrainConfig:
     n_inbatch_negatives: int = 512  # sampled_softmax: other positions' targets used as negatives
     pair_loss_weight: float = 0.0  # HSTU only: weight of the target-aware pair (M-FALCON) loss
     pair_negatives: int = 4  # HSTU only: other users' targets scored as negatives in the pair loss
+    bf16_logits: bool = False  # full_ce: (N, n_items) logits matmul in bfloat16, loss in float32
     eval_batch_size: int = 1024
     progress: bool = True  # tqdm bar with loss and tokens/s
 
@@ -187,6 +188,7 @@ def _batch_loss(model: RecModel, batch: Batch, cfg: TrainConfig, gen: torch.Gene
         cfg.n_uniform_negatives,
         cfg.n_inbatch_negatives,
         gen,
+        cfg.bf16_logits,
     )
     return loss + cfg.pair_loss_weight * pair_loss
 

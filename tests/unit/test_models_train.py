@@ -61,6 +61,8 @@ def test_losses_agree_when_sampling_every_item() -> None:
     # with uniform negatives covering the catalogue many times, sampled softmax approaches full CE from above
     sampled = sampled_softmax(hidden, targets, table, 2.0, n_uniform=0, n_inbatch=6)
     assert sampled < full
+    bf16 = next_item_loss("full_ce", hidden, targets, table, 2.0, bf16=True)
+    assert torch.isclose(bf16, full, rtol=2e-2)  # bfloat16 logits, float32 loss
     with pytest.raises(ValueError, match="loss='nope'"):
         next_item_loss("nope", hidden, targets, table, 1.0)
 
