@@ -27,7 +27,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GIT_PYTHON_REFRESH := quiet
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup demo test test-fast lint mlflow-ui clean
+.PHONY: help setup system-deps demo test test-fast lint mlflow-ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,6 +44,18 @@ $(STAMP): $(REQS)
 
 setup: $(STAMP) ## create .venv and install everything (idempotent)
 
+# Servers the tests start on loopback (Redis for the production profile's online store), from Debian's
+# packages; installed only when missing, and only when we may (root).
+SYSTEM_PACKAGES := redis-server
+system-deps: ## install Debian packages the tests need (redis-server) when missing
+	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing$$missing (Debian packages)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		else echo "warning:$$missing not installed and not root: tests that need it fail in CI, skip locally"; fi; \
+	fi
+
 demo: $(STAMP) ## run the platform end to end on the shipped dataset
 	@echo "== data and model pipeline: dvc repro (ingest -> prepare -> split -> train_fm -> evaluate_fm) =="
 	dvc repro
@@ -59,8 +71,14 @@ demo: $(STAMP) ## run the platform end to end on the shipped dataset
 	dvc metrics show
 	@echo
 	specrec clock show
+	@echo
+	@echo "== nearline: Feast apply, then the Prefect flows for the first cycle =="
+	specrec nearline apply
+	specrec nearline run --as-of first
+	@echo "  Feast online store: data/feast/online_store.db (feature views item_repr, item_stats, user_state)"
+	@echo "  serving bundle: MLflow alias specrec-bundle@serving; runs in MLflow experiment 'materialize'"
 
-test: $(STAMP) ## lint, then run the whole test suite
+test: $(STAMP) system-deps ## lint, then run the whole test suite
 	$(BIN)/ruff check specrec models flows benchmarks tests
 	$(BIN)/python -m pytest -q -ra
 

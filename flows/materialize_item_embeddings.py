@@ -21,6 +21,7 @@ from specrec.nearline.materialize import VIEW, log_run, materialize_items
 def resolve_bundle(params: str, bundle: str) -> dict[str, Any]:
     """The bundle to write: 'champion' registers (or finds) the bundle of the current champions."""
     cfg, client = setup(params)
+    found: bundles.Bundle | None
     if bundle == "champion":
         from specrec.tracking import experiment_id
 

@@ -126,6 +126,35 @@ def nearline_items(
     _run(run, params)
 
 
+@nearline_app.command("run")
+def nearline_run(
+    as_of: Annotated[
+        str, typer.Option(help="The cycle's as_of (ISO date or time); 'first' = the clock's first cycle.")
+    ],
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Run the nearline Prefect flows for one as_of: item embeddings, item stats, user state."""
+    from flows.materialize_item_embeddings import materialize_item_embeddings
+    from flows.update_item_stats import update_item_stats
+    from flows.update_user_state import update_user_state
+
+    def run(cfg: Config) -> None:
+        from specrec.clock import ReplayClock
+
+        when = ReplayClock.from_config(cfg.clock).cycle(1).as_of.isoformat() if as_of == "first" else as_of
+        p = str(params.resolve())
+        items = materialize_item_embeddings(as_of=when, params=p)
+        stats = update_item_stats(as_of=when, params=p)
+        users = update_user_state(as_of=when, params=p)
+        typer.echo(
+            f"as_of {when}: item_repr {items['rows_written']} rows ({items['mode']}, bundle "
+            f"{items['bundle_id']}), item_stats {int(stats['rows_written'])} rows, user_state "
+            f"{users['rows_written']} rows ({users['mode']})"
+        )
+
+    _run(run, params)
+
+
 @clock_app.command("show")
 def clock_show(params: ParamsOpt = Path("params.yaml")) -> None:
     """List the replay cycles with their as_of and window."""

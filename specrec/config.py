@@ -327,9 +327,15 @@ class FeastConfig:
 
     def __post_init__(self) -> None:
         _require(self.profile in PROFILES, "feast.profile", self.profile, f"one of {PROFILES}")
-        _require(1 <= self.write_batch_rows <= 10_000_000, "feast.write_batch_rows", self.write_batch_rows,
-                 "an integer in [1, 10000000]")
-        _require(1 <= self.keep_bundles <= 100, "feast.keep_bundles", self.keep_bundles, "an integer in [1, 100]")
+        _require(
+            1 <= self.write_batch_rows <= 10_000_000,
+            "feast.write_batch_rows",
+            self.write_batch_rows,
+            "an integer in [1, 10000000]",
+        )
+        _require(
+            1 <= self.keep_bundles <= 100, "feast.keep_bundles", self.keep_bundles, "an integer in [1, 100]"
+        )
 
     @property
     def yaml_name(self) -> str:

@@ -12,6 +12,8 @@ from specrec.errors import SpecrecError
 def setup_logging(level: int = logging.INFO) -> None:
     """Log `time level name: message` to stderr (called by entry points only, never at import)."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    for noisy in ("httpx", "httpcore", "faiss.loader", "alembic", "urllib3"):  # one line per request is noise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def run_entry(fn: Callable[[], object]) -> None:

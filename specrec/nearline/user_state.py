@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from models.hstu import HSTU
 from specrec.clock import EventLog, to_utc
 from specrec.config import Config
 from specrec.io import read_parquet
@@ -67,7 +68,7 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
 
 def _can_extend(model: RecModel, old: UserCache | None, n_items: int) -> bool:
     """Whether the user's new events fit after the cached ones inside the model's window."""
-    if old is None or old.cache is None or n_items <= old.n_events:
+    if not isinstance(model, HSTU) or old is None or old.cache is None or n_items <= old.n_events:
         return False
     return old.cache.length + n_items - old.n_events <= model.config.max_len
 
@@ -110,7 +111,7 @@ def encode_users(
     for lo in range(0, len(seqs), batch):
         rows = np.arange(lo, min(lo + batch, len(seqs)))
         items, times = history_batch(seqs, rows, model.config.max_len)  # (B, T) left-padded
-        if hasattr(model, "encode"):
+        if isinstance(model, HSTU):
             cache = model.encode(items, times)
             out += [
                 UserCache(len(seqs.items[r]), _row(cache, b), cache.last_hidden[b])
