@@ -22,7 +22,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import chain
@@ -226,7 +227,9 @@ def _as_array(flat: np.ndarray, dtype: str, name: object) -> np.ndarray:
     """List elements as `dtype`: None elements become NaN (floats) or 0 (ints, as Feast does)."""
     if flat.dtype == object:
         missing = pd.isna(flat)
-        flat = np.where(missing, np.nan if dtype[1] == "f" else 0, flat)
+        flat = np.asarray(np.where(missing, np.nan if dtype[1] == "f" else 0, flat).tolist())
+    if flat.dtype.kind not in "biuf":
+        raise OnlineWriteError(f"column {name!r} is a number list but holds {flat.dtype} values; cast them.")
     if dtype[1] == "i" and flat.dtype.kind == "f":
         raise OnlineWriteError(
             f"column {name!r} is an integer list but holds floats; cast its values to int64 first."
@@ -250,8 +253,8 @@ def _is_fast(series: pd.Series, vtype: str) -> bool:
         return kind in "iuf"
     if vtype == "BOOL":
         return kind == "b"
-    if vtype == "UNIX_TIMESTAMP":
-        return kind in "iuM"
+    if vtype == "UNIX_TIMESTAMP":  # Feast turns an int column with nulls into floats, all of them null
+        return kind == "M" or (kind in "iu" and not series.hasnans)
     if vtype == "STRING":
         return kind in "OSU" or isinstance(series.dtype, pd.StringDtype)
     return vtype in _INT_LISTS or vtype in _FLOAT_LISTS
@@ -688,7 +691,7 @@ class SqliteWriter:
 
         self.table = f"{plan.project}_{plan.stored_name}"  # as Feast's helpers.compute_table_id
         self.path = SqliteOnlineStore._get_db_path(store.config)
-        self.conn = sqlite3.connect(self.path, timeout=60)
+        self.conn = sqlite3.connect(self.path, timeout=60, check_same_thread=False)  # used by OneAhead
         self.conn.execute(f"PRAGMA cache_size=-{_SQLITE_CACHE_KIB}")
         wants_num = bool(getattr(store.config.online_store, "enable_openai_compatible_store", False))
         self.with_num = wants_num and "value_num" in self._columns()
@@ -851,7 +854,7 @@ class FeastWriter:
     def __init__(self, store: FeatureStore, plan: Plan) -> None:
         self.store, self.view = store, plan.view
 
-    def write_frame(self, frame: pd.DataFrame) -> None:
+    def write(self, frame: pd.DataFrame) -> None:
         """Hand the validated frame to Feast."""
         self.store.write_to_online_store(self.view, frame)
 
@@ -935,39 +938,68 @@ def _write_all(
     progress: bool,
     total: int | None,
 ) -> int:
-    """Validate (streams) and write each batch; return the rows written."""
+    """Validate (streams), encode and write each batch; return the rows written."""
     from tqdm import tqdm
 
     writer = open_writer(store, plan)
-    written = 0
-    try:
-        with tqdm(total=total, unit="rows", desc=plan.view, disable=not progress) as bar:
+    with tqdm(total=total, unit="rows", desc=plan.view, disable=not progress) as bar:
+        ahead = OneAhead(bar.update)
+        try:
             for part in chain.from_iterable(_slices(f, batch_rows) for f in frames):
                 part = part.reset_index(drop=True)
                 if total is None:
-                    _validate_batch(part, plan, written)
-                _write_one(writer, part, plan)
-                written += len(part)
-                bar.update(len(part))
-    finally:
-        writer.close()
-    return written
+                    _validate_batch(part, plan, ahead)
+                payload = part if isinstance(writer, FeastWriter) else encode_batch(part, plan)
+                ahead.submit(writer.write, payload, len(part))
+            return ahead.settle()
+        finally:
+            ahead.close()
+            writer.close()
 
 
-def _validate_batch(part: pd.DataFrame, plan: Plan, written: int) -> None:
-    """Check one streamed batch before it is written."""
+class OneAhead:
+    """Writes on one background thread, one batch at a time, while the caller encodes the next batch.
+
+    SQLite's engine and socket sends release the GIL, so encoding and writing overlap; at most one
+    batch is in flight, so memory stays at about two batches.
+    """
+
+    def __init__(self, on_done: Callable[[int], object]) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-writer")
+        self.pending: tuple[Future[None], int] | None = None
+        self.written = 0
+        self.on_done = on_done
+
+    def submit(self, write: Callable[[Any], None], payload: Any, rows: int) -> None:
+        """Start writing payload once the previous write has finished."""
+        self.settle()
+        self.pending = (self.pool.submit(write, payload), rows)
+
+    def settle(self) -> int:
+        """Wait for the write in flight (its error is raised here); return the rows written so far."""
+        if self.pending is not None:
+            future, rows = self.pending
+            self.pending = None
+            future.result()
+            self.written += rows
+            self.on_done(rows)
+        return self.written
+
+    def close(self) -> None:
+        """Finish the write in flight and stop the thread."""
+        try:
+            self.settle()
+        finally:
+            self.pool.shutdown()
+
+
+def _validate_batch(part: pd.DataFrame, plan: Plan, ahead: OneAhead) -> None:
+    """Check one streamed batch before it is written (the error counts the rows already written)."""
     check_columns(part, plan)
     problems = Problems([k for k, _ in plan.keys])
     check_rows(part, plan, problems)
-    problems.raise_if_any(plan.view, written)
-
-
-def _write_one(writer: SqliteWriter | RedisWriter | FeastWriter, part: pd.DataFrame, plan: Plan) -> None:
-    """Encode and write one validated batch."""
-    if isinstance(writer, FeastWriter):
-        writer.write_frame(part)
-    else:
-        writer.write(encode_batch(part, plan))
+    if problems.found:
+        problems.raise_if_any(plan.view, ahead.settle())
 
 
 def _refresh_precomputed(store: FeatureStore, view: str) -> None:
