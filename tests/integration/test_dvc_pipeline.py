@@ -19,6 +19,7 @@ def _run(args: list[str], cwd: Path) -> str:
         "DVC_NO_ANALYTICS": "1",
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
+    env.pop("MLFLOW_TRACKING_URI", None)  # the copy logs to its own mlflow/mlflow.db
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr
@@ -47,12 +48,15 @@ def _stages_run(output: str) -> list[str]:
 def test_repro_then_noop_then_only_dependents(project: Path) -> None:
     dvc = [sys.executable, "-m", "dvc"]
     first = _run([*dvc, "repro"], project)
-    assert _stages_run(first) == ["ingest", "prepare", "split"]
+    assert _stages_run(first) == ["ingest", "prepare", "split", "train_fm", "evaluate_fm"]
     for out in (
         "data/ingested/interactions.parquet",
         "data/prepared/sequences.parquet",
         "data/split/loo.parquet",
         "data/metrics/split.json",
+        "data/models/fm/model.safetensors",
+        "data/metrics/evaluate_fm.json",
+        "mlflow/mlflow.db",
         "dvc.lock",
     ):
         assert (project / out).is_file(), out

@@ -61,7 +61,8 @@ def _new_fm_champion(tiny: TinyProject) -> str:
 def test_complete_then_noop_then_incremental(tiny: TinyProject, store) -> None:  # type: ignore[no-untyped-def]
     cfg, client = tiny.cfg, mlflow.MlflowClient()
     clock = ReplayClock.from_config(cfg.clock)
-    exp = bundles.register(client, bundles.champion_parts(client), _exp(tiny))
+    # a bundle of its own (other tests materialize the champions' bundle in the same project)
+    exp = bundles.register(client, bundles.champion_parts(client) | {"scorer": "test-complete"}, _exp(tiny))
     first = materialize_items(cfg, clock.cycle(1).as_of, exp, store, client, progress=False)
     items = _items(tiny)
     known = items[items["first_seen"] < clock.cycle(1).as_of]
