@@ -695,6 +695,7 @@ class SqliteWriter:
         self.conn.execute(f"PRAGMA cache_size=-{_SQLITE_CACHE_KIB}")
         wants_num = bool(getattr(store.config.online_store, "enable_openai_compatible_store", False))
         self.with_num = wants_num and "value_num" in self._columns()
+        self.plan = plan
         self.sql = _upsert_sql(self.table, self.with_num, rows=1)
         self.sql_many = _upsert_sql(self.table, self.with_num, rows=_SQLITE_ROWS_PER_STATEMENT)
 
@@ -708,14 +709,19 @@ class SqliteWriter:
             )
         return columns
 
-    def write(self, batch: Batch) -> None:
-        """Upsert every (entity, feature) row of the batch in one transaction."""
-        rows = self._table_rows(batch)
+    def prepare(self, frame: pd.DataFrame) -> tuple[list[list[Any]], list[list[Any]]]:
+        """Statement parameters of a validated frame: multi-row chunks, then the rows left over."""
+        rows = self._table_rows(encode_batch(frame, self.plan))
         full = len(rows) // _SQLITE_ROWS_PER_STATEMENT * _SQLITE_ROWS_PER_STATEMENT
         width = rows.shape[1] * _SQLITE_ROWS_PER_STATEMENT
+        return rows[:full].reshape(-1, width).tolist(), rows[full:].tolist()
+
+    def write(self, params: tuple[list[list[Any]], list[list[Any]]]) -> None:
+        """Upsert every (entity, feature) row of one batch in one transaction."""
+        many, rest = params
         with self.conn:
-            self.conn.executemany(self.sql_many, rows[:full].reshape(-1, width).tolist())
-            self.conn.executemany(self.sql, rows[full:].tolist())
+            self.conn.executemany(self.sql_many, many)
+            self.conn.executemany(self.sql, rest)
 
     def _table_rows(self, batch: Batch) -> np.ndarray:
         """(n * features, columns) parameters in Feast's column order, sorted by (entity_key, feature_name).
@@ -776,6 +782,7 @@ class RedisWriter:
     def __init__(self, store: FeatureStore, plan: Plan) -> None:
         from feast.infra.online_stores.helpers import _mmh3
         from feast.infra.online_stores.redis import RedisOnlineStore
+        from redis.cluster import RedisCluster
 
         config = store.config.online_store
         self.client = RedisOnlineStore()._get_client(config)
@@ -783,18 +790,28 @@ class RedisWriter:
         self.project = plan.project.encode()
         self.fields = {f.name: _mmh3(f"{plan.stored_name}:{f.name}") for f in plan.features}
         self.ts_field = f"_ts:{plan.stored_name}".encode()
+        self.cluster = isinstance(self.client, RedisCluster)
+        self.plan = plan
 
-    def write(self, batch: Batch) -> None:
-        """Send the batch's commands on one connection and check every reply."""
+    def prepare(self, frame: pd.DataFrame) -> Any:
+        """A validated frame as raw RESP (or as (key, mapping) pairs for Redis Cluster)."""
+        batch = encode_batch(frame, self.plan)
         keys = _concat(batch.keys, _const(self.project, np.ones(batch.n, bool)))
         pairs = [(self.fields[name], enc.values) for name, enc in batch.features.items()]
         pairs.append((self.ts_field, encode_timestamps(batch.micros)))
-        from redis.cluster import RedisCluster
+        if self.cluster:
+            columns = [(name, _split(rows)) for name, rows in pairs]
+            return [
+                (key, {name: values[i] for name, values in columns}) for i, key in enumerate(_split(keys))
+            ]
+        return _resp_hset(keys, pairs, self.ttl), batch.n * (2 if self.ttl else 1)
 
-        if isinstance(self.client, RedisCluster):
-            self._write_pipeline(keys, pairs)
+    def write(self, payload: Any) -> None:
+        """Send one prepared batch and check every reply."""
+        if self.cluster:
+            self._write_pipeline(payload)
         else:
-            self._write_raw(_resp_hset(keys, pairs, self.ttl), batch.n * (2 if self.ttl else 1))
+            self._write_raw(*payload)
 
     def _write_raw(self, payload: bytes, replies: int) -> None:
         """Pipelined raw RESP on one pooled connection; an error reply raises."""
@@ -810,12 +827,11 @@ class RedisWriter:
         finally:
             pool.release(conn)
 
-    def _write_pipeline(self, keys: Rows, pairs: list[tuple[bytes, Rows]]) -> None:
+    def _write_pipeline(self, hashes: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         """redis-py pipeline (Redis Cluster: keys live on different nodes)."""
-        columns = [(name, _split(rows)) for name, rows in pairs]
         with self.client.pipeline(transaction=False) as pipe:
-            for i, key in enumerate(_split(keys)):
-                pipe.hset(key, mapping={name: values[i] for name, values in columns})
+            for key, mapping in hashes:
+                pipe.hset(key, mapping=mapping)
                 if self.ttl:
                     pipe.expire(key, self.ttl)
             pipe.execute()
@@ -853,6 +869,10 @@ class FeastWriter:
 
     def __init__(self, store: FeatureStore, plan: Plan) -> None:
         self.store, self.view = store, plan.view
+
+    def prepare(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Feast converts the frame itself."""
+        return frame
 
     def write(self, frame: pd.DataFrame) -> None:
         """Hand the validated frame to Feast."""
@@ -949,8 +969,7 @@ def _write_all(
                 part = part.reset_index(drop=True)
                 if total is None:
                     _validate_batch(part, plan, ahead)
-                payload = part if isinstance(writer, FeastWriter) else encode_batch(part, plan)
-                ahead.submit(writer.write, payload, len(part))
+                ahead.submit(writer.write, writer.prepare(part), len(part))
             return ahead.settle()
         finally:
             ahead.close()

@@ -295,6 +295,27 @@ def test_redis_hashes_are_feasts_and_read_back(tmp_path: Path, redis_port: int) 
     assert redis_dump(redis_port, 0) == dump
 
 
+def test_redis_cluster_path_writes_the_same_hashes(
+    tmp_path: Path, redis_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The redis-py pipeline used for Redis Cluster, run against a plain server."""
+    from specrec.nearline import online_writer
+
+    frame = items(60)
+    write_online(redis_store(tmp_path / "raw", redis_port, db=3, ttl=600), "item_repr", frame, progress=False)
+    init = online_writer.RedisWriter.__init__
+
+    def as_cluster(self: Any, store: Any, plan: Any) -> None:
+        init(self, store, plan)
+        self.cluster = True
+
+    monkeypatch.setattr(online_writer.RedisWriter, "__init__", as_cluster)
+    store = redis_store(tmp_path / "cluster", redis_port, db=4, ttl=600)
+    write_online(store, "item_repr", frame, batch_rows=25, progress=False)
+    assert redis_dump(redis_port, 4) == redis_dump(redis_port, 3)
+    assert_reads_back(store, frame)
+
+
 def test_redis_refuses_bad_rows_and_streams(tmp_path: Path, redis_port: int) -> None:
     store = redis_store(tmp_path / "repo", redis_port, db=2)
     frame = items(30)
