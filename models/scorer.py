@@ -1,0 +1,128 @@
+"""The thin online scorer: the only model on the request path (the AIF "interaction step").
+
+For a user and C retrieved candidates it combines what was computed ahead of time:
+  u  (D,)     the FM user state (nearline, from `user_state`)
+  e  (C, D)   the candidates' FM item embeddings (nearline, from `item_repr`)
+  p  (C, D)   the FM pair representation where speculation precomputed it, else a learned miss vector
+  s  (C, F)   item statistics (counts, trend, rating) from `item_stats`
+and scores each candidate with a small MLP. It is trained by distillation: match the FM's pair scores
+(the expensive teacher) over the candidates, plus cross-entropy on the item that was really chosen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+N_STATS = 5  # log1p(count_1c), log1p(count_7c), trend, mean_rating (0 when unknown), has_rating
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    """Size of the thin scorer; frozen and validated."""
+
+    dim: int  # D of the FM vectors it reads
+    hidden: int = 64
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name, value in (("dim", self.dim), ("hidden", self.hidden)):
+            if value < 1:
+                raise ValueError(f"ScorerConfig.{name}={value!r} is invalid: must be >= 1")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"ScorerConfig.dropout={self.dropout!r} is invalid: must be in [0, 1)")
+
+
+class ThinScorer(nn.Module):
+    """score(u, e, p | miss, s) = MLP([u*e, p*e, u.e, p.e, hit, s])."""
+
+    def __init__(self, config: ScorerConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.dim
+        self.miss = nn.Parameter(torch.zeros(d))  # stands in for p where speculation missed
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * d + 3 + N_STATS, config.hidden),
+            nn.SiLU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.hidden, 1),
+        )
+
+    def forward(
+        self, u: torch.Tensor, e: torch.Tensor, p: torch.Tensor, hit: torch.Tensor, s: torch.Tensor
+    ) -> torch.Tensor:
+        """Scores (B, C) from u (B, D), e (B, C, D), p (B, C, D), hit (B, C) in {0,1}, s (B, C, F)."""
+        hit_ = hit.unsqueeze(-1)  # (B, C, 1)
+        p = hit_ * p + (1 - hit_) * self.miss  # (B, C, D)
+        ue = u.unsqueeze(1) * e  # (B, C, D)
+        pe = p * e
+        x = torch.cat([ue, pe, ue.sum(-1, keepdim=True), pe.sum(-1, keepdim=True), hit_, s], dim=-1)
+        return self.mlp(x).squeeze(-1) + ue.sum(-1)  # residual on the retrieval score: starts as the FM dot
+
+
+def stats_features(
+    count_1c: np.ndarray, count_7c: np.ndarray, trend: np.ndarray, mean_rating: np.ndarray
+) -> np.ndarray:
+    """(N, F) float32 item statistics as the scorer reads them (NaN ratings become 0 plus a flag)."""
+    has = ~np.isnan(mean_rating)
+    return np.stack(
+        [
+            np.log1p(count_1c),
+            np.log1p(count_7c),
+            trend,
+            np.where(has, mean_rating / 5.0, 0.0),
+            has.astype(np.float64),
+        ],
+        axis=1,
+    ).astype(np.float32)
+
+
+@dataclass
+class DistillBatch:
+    """Training examples: one user and C candidates each; `label` is the chosen candidate's column."""
+
+    u: torch.Tensor  # (N, D)
+    e: torch.Tensor  # (N, C, D)
+    p: torch.Tensor  # (N, C, D) FM pair vectors for every candidate (the teacher saw them all)
+    teacher: torch.Tensor  # (N, C) FM pair scores
+    s: torch.Tensor  # (N, C, F)
+    label: torch.Tensor  # (N,) int64, -1 when the chosen item was not among the candidates
+
+
+def distill(
+    model: ThinScorer,
+    data: DistillBatch,
+    epochs: int = 30,
+    lr: float = 3e-3,
+    hit_rate: float = 0.5,
+    temperature: float = 1.0,
+    label_weight: float = 0.5,
+    seed: int = 0,
+    batch: int = 256,
+) -> list[float]:
+    """Train by distillation; speculation hits are simulated at `hit_rate` so both paths are learned."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(data.label), generator=gen)
+        total = 0.0
+        for lo in range(0, len(order), batch):
+            idx = order[lo : lo + batch]
+            hit = (torch.rand(len(idx), data.e.shape[1], generator=gen) < hit_rate).float()  # (b, C)
+            logits = model(data.u[idx], data.e[idx], data.p[idx], hit, data.s[idx])  # (b, C)
+            soft = F.softmax(data.teacher[idx] / temperature, dim=-1)
+            loss = F.kl_div(F.log_softmax(logits / temperature, -1), soft, reduction="batchmean")
+            loss = loss + label_weight * F.cross_entropy(logits, data.label[idx], ignore_index=-1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        losses.append(total / len(order))
+    model.eval()
+    return losses

@@ -1,0 +1,1 @@
+"""The online path: the thin scorer's training data and the HTTP scoring service."""
