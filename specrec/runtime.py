@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
+from specrec.config import Config, load_config
 from specrec.errors import SpecrecError
 
 
@@ -24,3 +27,11 @@ def run_entry(fn: Callable[[], object]) -> None:
     except SpecrecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+
+
+def stage_main(run: Callable[[Config], object], description: str, argv: list[str] | None = None) -> None:
+    """The thin main of a pipeline stage: `python -m <module> [--params params.yaml]` runs run(config)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="path to params.yaml")
+    args = parser.parse_args(argv)
+    run_entry(lambda: run(load_config(args.params)))

@@ -6,20 +6,19 @@ canonical schema; the quarantined rows with a `reason` column; metrics/ingest.js
 
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from specrec.config import Config, load_config
+from specrec.config import Config
 from specrec.data.loaders import RawData, load
 from specrec.data.schema import empty_items
 from specrec.data.validate import Validated, validate_interactions, validate_items
 from specrec.errors import DataError
 from specrec.io import write_json, write_parquet
-from specrec.runtime import run_entry
+from specrec.runtime import stage_main
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,8 @@ def _check_share(what: str, v: Validated, limit: float, where: Path) -> None:
     if v.share > limit:
         raise DataError(
             f"{v.rows_quarantined} of {v.rows_in} {what} rows ({v.share:.1%}) failed validation, more than "
-            f"validate.max_quarantine_share = {limit:.1%}. Reasons: {v.by_reason}. The rows are kept in {where}; "
+            f"validate.max_quarantine_share = {limit:.1%}. Reasons: {v.by_reason}. "
+            f"The rows are kept in {where}; "
             "fix the source or its loader settings (data.* in params.yaml), or raise the threshold."
         )
 
@@ -70,15 +70,28 @@ def ingest(cfg: Config) -> IngestResult:
     write_parquet(items.quarantine, qdir / "items.parquet")
     catalogue, n_added = _add_missing_items(items.clean, inter.clean)
     metrics = {
-        "source": raw.description, "interactions_in": inter.rows_in, "interactions_ok": len(inter.clean),
-        "interactions_quarantined": inter.rows_quarantined, "interactions_quarantined_by_reason": inter.by_reason,
-        "items_in": items.rows_in, "items_ok": len(items.clean), "items_quarantined": items.rows_quarantined,
-        "items_quarantined_by_reason": items.by_reason, "items_without_metadata": n_added,
-        "users": int(inter.clean["user_id"].nunique()), "items": len(catalogue),
+        "source": raw.description,
+        "interactions_in": inter.rows_in,
+        "interactions_ok": len(inter.clean),
+        "interactions_quarantined": inter.rows_quarantined,
+        "interactions_quarantined_by_reason": inter.by_reason,
+        "items_in": items.rows_in,
+        "items_ok": len(items.clean),
+        "items_quarantined": items.rows_quarantined,
+        "items_quarantined_by_reason": items.by_reason,
+        "items_without_metadata": n_added,
+        "users": int(inter.clean["user_id"].nunique()),
+        "items": len(catalogue),
     }
     write_json(metrics, cfg.path(cfg.paths.metrics) / "ingest.json")
-    log.info("ingest: %d interactions ok, %d quarantined %s; %d items (%d without metadata)",
-             len(inter.clean), inter.rows_quarantined, inter.by_reason, len(catalogue), n_added)
+    log.info(
+        "ingest: %d interactions ok, %d quarantined %s; %d items (%d without metadata)",
+        len(inter.clean),
+        inter.rows_quarantined,
+        inter.by_reason,
+        len(catalogue),
+        n_added,
+    )
     _check_share("interaction", inter, cfg.validate.max_quarantine_share, qdir / "interactions.parquet")
     _check_share("item", items, cfg.validate.max_quarantine_share, qdir / "items.parquet")
     out = cfg.path(cfg.paths.ingested)
@@ -89,10 +102,7 @@ def ingest(cfg: Config) -> IngestResult:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m specrec.data.ingest [--params params.yaml]`."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="path to params.yaml")
-    args = parser.parse_args(argv)
-    run_entry(lambda: ingest(load_config(args.params)))
+    stage_main(ingest, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,27 @@ from specrec.errors import DataError
 
 log = logging.getLogger(__name__)
 
-ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
-                 "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
-                 "Thriller", "War", "Western")
+ML100K_GENRES = (
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 
 
 @dataclass(frozen=True)
@@ -58,28 +76,44 @@ def _aggregate_tags(tags: pd.DataFrame) -> pd.DataFrame:
 
 def read_movielens_csv(folder: Path) -> RawData:
     """The MovieLens csv layout (ml-latest-small, ml-20m, ml-25m): ratings.csv, movies.csv, tags.csv."""
-    ratings = pd.read_csv(_need(folder / "ratings.csv", "ratings.csv"), dtype=str, keep_default_na=False,
-                          na_values=[""])
+    ratings = pd.read_csv(
+        _need(folder / "ratings.csv", "ratings.csv"), dtype=str, keep_default_na=False, na_values=[""]
+    )
     interactions = ratings.rename(columns={"userId": "user_id", "movieId": "item_id"})
     items = pd.read_csv(_need(folder / "movies.csv", "movies.csv"), dtype=str, keep_default_na=False)
     items = items.rename(columns={"movieId": "item_id"})
     items["genres"] = items["genres"].replace("(no genres listed)", "")
     if (folder / "tags.csv").exists():
         tags = pd.read_csv(folder / "tags.csv", dtype=str, keep_default_na=False, na_values=[""])
-        items = items.merge(_aggregate_tags(tags.rename(columns={"movieId": "item_id"})), on="item_id",
-                            how="left")
+        items = items.merge(
+            _aggregate_tags(tags.rename(columns={"movieId": "item_id"})), on="item_id", how="left"
+        )
     return RawData(_with_row_numbers(interactions), _with_row_numbers(items), "s", f"MovieLens csv {folder}")
 
 
 def _read_ml100k(folder: Path) -> RawData:
     """ml-100k: u.data (tab-separated) and u.item (pipe-separated, latin-1, genre flags)."""
-    ratings = pd.read_csv(_need(folder / "u.data", "u.data"), sep="\t", header=None, dtype=str,
-                          names=["user_id", "item_id", "rating", "timestamp"])
+    ratings = pd.read_csv(
+        _need(folder / "u.data", "u.data"),
+        sep="\t",
+        header=None,
+        dtype=str,
+        names=["user_id", "item_id", "rating", "timestamp"],
+    )
     cols = ["item_id", "title", "release", "video_release", "url", *ML100K_GENRES]
-    raw = pd.read_csv(folder / "u.item", sep="|", header=None, names=cols, dtype=str, encoding="latin-1",
-                      keep_default_na=False)
+    raw = pd.read_csv(
+        folder / "u.item",
+        sep="|",
+        header=None,
+        names=cols,
+        dtype=str,
+        encoding="latin-1",
+        keep_default_na=False,
+    )
     flags = raw[list(ML100K_GENRES)] == "1"
-    genres = flags.apply(lambda row: "|".join(g for g, on in zip(ML100K_GENRES, row, strict=True) if on), axis=1)
+    genres = flags.apply(
+        lambda row: "|".join(g for g, on in zip(ML100K_GENRES, row, strict=True) if on), axis=1
+    )
     items = pd.DataFrame({"item_id": raw["item_id"], "title": raw["title"], "genres": genres})
     return RawData(_with_row_numbers(ratings), _with_row_numbers(items), "s", f"MovieLens 100k {folder}")
 
@@ -107,9 +141,13 @@ def _extract(archive: Path, into: Path, name: str) -> Path:
             with zipfile.ZipFile(archive) as zf:
                 zf.extractall(into)
         except zipfile.BadZipFile:
-            raise DataError(f"{archive} is not a valid zip archive; delete it and run ingest again.") from None
+            raise DataError(
+                f"{archive} is not a valid zip archive; delete it and run ingest again."
+            ) from None
         if not folder.is_dir():
-            raise DataError(f"{archive} has no top-level folder {name}/; it is not a MovieLens {name} archive.")
+            raise DataError(
+                f"{archive} has no top-level folder {name}/; it is not a MovieLens {name} archive."
+            )
         marker.touch()
     return folder
 
@@ -161,13 +199,20 @@ def _map_columns(frame: pd.DataFrame, mapping: dict[str, str], path: Path) -> pd
     """Rename source columns to canonical names, failing clearly on a missing one."""
     missing = [src for src in mapping.values() if src not in frame.columns]
     if missing:
-        raise DataError(f"{path} has no column(s) {missing}; its columns are {list(frame.columns)}. "
-                        "Fix data.table.columns in params.yaml.")
+        raise DataError(
+            f"{path} has no column(s) {missing}; its columns are {list(frame.columns)}. "
+            "Fix data.table.columns in params.yaml."
+        )
     return frame.rename(columns={src: dst for dst, src in mapping.items()})[list(mapping)]
 
 
-def read_table(path: Path, columns: dict[str, str], timestamp_unit: str, items_path: Path | None = None,
-               item_columns: dict[str, str] | None = None) -> RawData:
+def read_table(
+    path: Path,
+    columns: dict[str, str],
+    timestamp_unit: str,
+    items_path: Path | None = None,
+    item_columns: dict[str, str] | None = None,
+) -> RawData:
     """Any csv/parquet with a mapping from canonical column names to the file's column names."""
     mapping = {c: columns.get(c, c) for c in ("user_id", "item_id", "timestamp")} | columns
     interactions = _map_columns(_read_any(path), mapping, path)

@@ -6,16 +6,14 @@ under paths.prepared: interactions.parquet, items.parquet, users.parquet, sequen
 
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 
-from specrec.config import Config, load_config
+from specrec.config import Config
 from specrec.io import read_parquet, write_json, write_parquet
-from specrec.runtime import run_entry
+from specrec.runtime import stage_main
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +32,10 @@ def index_ids(interactions: pd.DataFrame, items: pd.DataFrame) -> tuple[pd.DataF
     """Add user_idx (from 0) and item_idx (from 1) in id order; every catalogue item gets an index."""
     item_ids = pd.Index(items["item_id"]).union(pd.Index(interactions["item_id"].unique())).sort_values()
     user_ids = pd.Index(interactions["user_id"].unique()).sort_values()
-    events = interactions.assign(user_idx=user_ids.get_indexer(interactions["user_id"]).astype("int64"),
-                                 item_idx=item_ids.get_indexer(interactions["item_id"]).astype("int64") + 1)
+    events = interactions.assign(
+        user_idx=user_ids.get_indexer(interactions["user_id"]).astype("int64"),
+        item_idx=item_ids.get_indexer(interactions["item_id"]).astype("int64") + 1,
+    )
     catalogue = items.set_index("item_id").reindex(item_ids).fillna("").rename_axis("item_id").reset_index()
     catalogue.insert(0, "item_idx", range(1, len(catalogue) + 1))
     return events, catalogue
@@ -57,8 +57,12 @@ def _item_table(events: pd.DataFrame, catalogue: pd.DataFrame) -> pd.DataFrame:
 def _user_table(events: pd.DataFrame) -> pd.DataFrame:
     """Users with their id, event count, and first/last event time."""
     g = events.groupby("user_idx")
-    users = g.agg(user_id=("user_id", "first"), n_events=("timestamp", "size"),
-                  first_seen=("timestamp", "min"), last_seen=("timestamp", "max"))
+    users = g.agg(
+        user_id=("user_id", "first"),
+        n_events=("timestamp", "size"),
+        first_seen=("timestamp", "min"),
+        last_seen=("timestamp", "max"),
+    )
     return users.reset_index()
 
 
@@ -67,7 +71,9 @@ def sequences(events: pd.DataFrame) -> pd.DataFrame:
     ordered = events.sort_values(["user_idx", "event_id"], kind="stable")
     seconds = ordered["timestamp"].astype("int64") // 1_000_000_000
     grouped = ordered.assign(ts=seconds).groupby("user_idx", sort=True)
-    return pd.DataFrame({"items": grouped["item_idx"].agg(list), "timestamps": grouped["ts"].agg(list)}).reset_index()
+    return pd.DataFrame(
+        {"items": grouped["item_idx"].agg(list), "timestamps": grouped["ts"].agg(list)}
+    ).reset_index()
 
 
 def prepare(interactions: pd.DataFrame, items: pd.DataFrame) -> Prepared:
@@ -80,15 +86,22 @@ def prepare(interactions: pd.DataFrame, items: pd.DataFrame) -> Prepared:
 def run(cfg: Config) -> Prepared:
     """Read the ingest outputs, prepare, write outputs and metrics."""
     src = cfg.path(cfg.paths.ingested)
-    out = prepare(read_parquet(src / "interactions.parquet", "ingested interactions"),
-                  read_parquet(src / "items.parquet", "ingested items"))
+    out = prepare(
+        read_parquet(src / "interactions.parquet", "ingested interactions"),
+        read_parquet(src / "items.parquet", "ingested items"),
+    )
     dst = cfg.path(cfg.paths.prepared)
     for name in ("interactions", "items", "users", "sequences"):
         write_parquet(getattr(out, name), dst / f"{name}.parquet")
     lengths = out.sequences["items"].str.len()
-    metrics = {"users": len(out.users), "items": len(out.items), "interactions": len(out.interactions),
-               "items_never_interacted": int((out.items["n_events"] == 0).sum()),
-               "sequence_length_median": float(lengths.median()), "sequence_length_max": int(lengths.max())}
+    metrics = {
+        "users": len(out.users),
+        "items": len(out.items),
+        "interactions": len(out.interactions),
+        "items_never_interacted": int((out.items["n_events"] == 0).sum()),
+        "sequence_length_median": float(lengths.median()),
+        "sequence_length_max": int(lengths.max()),
+    }
     write_json(metrics, cfg.path(cfg.paths.metrics) / "prepare.json")
     log.info("prepare: %s", metrics)
     return out
@@ -96,10 +109,7 @@ def run(cfg: Config) -> Prepared:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m specrec.data.prepare [--params params.yaml]`."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="path to params.yaml")
-    args = parser.parse_args(argv)
-    run_entry(lambda: run(load_config(args.params)))
+    stage_main(run, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

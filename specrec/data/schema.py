@@ -28,8 +28,9 @@ SOURCE_ROW = "source_row"
 
 def empty_items() -> pd.DataFrame:
     """An item table with no rows and the canonical dtypes."""
-    return pd.DataFrame({"item_id": pd.Series(dtype="int64"),
-                         **{c: pd.Series(dtype="string") for c in ITEM_TEXT_COLUMNS}})
+    return pd.DataFrame(
+        {"item_id": pd.Series(dtype="int64"), **{c: pd.Series(dtype="string") for c in ITEM_TEXT_COLUMNS}}
+    )
 
 
 def item_text(items: pd.DataFrame) -> pd.Series:

@@ -8,18 +8,16 @@ loo.parquet:     per user with at least split.loo_min_events history events: the
 
 from __future__ import annotations
 
-import argparse
 import logging
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from specrec.clock import ReplayClock
-from specrec.config import Config, load_config
+from specrec.config import Config
 from specrec.data.prepare import sequences
 from specrec.io import read_parquet, write_json, write_parquet
-from specrec.runtime import run_entry
+from specrec.runtime import stage_main
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +33,17 @@ def leave_one_out(history: pd.DataFrame, min_events: int) -> pd.DataFrame:
     """Last item = test, second-last = validation, the rest = training prefix, per eligible user."""
     seqs = sequences(history)
     seqs = seqs[seqs["items"].str.len() >= min_events]
-    return pd.DataFrame({
-        "user_idx": seqs["user_idx"].to_numpy(),
-        "train_items": seqs["items"].str[:-2].to_numpy(), "train_timestamps": seqs["timestamps"].str[:-2].to_numpy(),
-        "valid_item": seqs["items"].str[-2].to_numpy(), "valid_timestamp": seqs["timestamps"].str[-2].to_numpy(),
-        "test_item": seqs["items"].str[-1].to_numpy(), "test_timestamp": seqs["timestamps"].str[-1].to_numpy(),
-    })
+    return pd.DataFrame(
+        {
+            "user_idx": seqs["user_idx"].to_numpy(),
+            "train_items": seqs["items"].str[:-2].to_numpy(),
+            "train_timestamps": seqs["timestamps"].str[:-2].to_numpy(),
+            "valid_item": seqs["items"].str[-2].to_numpy(),
+            "valid_timestamp": seqs["timestamps"].str[-2].to_numpy(),
+            "test_item": seqs["items"].str[-1].to_numpy(),
+            "test_timestamp": seqs["timestamps"].str[-1].to_numpy(),
+        }
+    )
 
 
 def cycle_summary(history: pd.DataFrame, replay: pd.DataFrame, clock: ReplayClock) -> list[dict[str, Any]]:
@@ -50,8 +53,17 @@ def cycle_summary(history: pd.DataFrame, replay: pd.DataFrame, clock: ReplayCloc
     for cycle in clock.cycles():
         ev = replay[replay["cycle"] == cycle.index]
         items, users = set(ev["item_idx"]), set(ev["user_idx"])
-        rows.append({"cycle": cycle.index, "as_of": cycle.name, "events": len(ev), "users": len(users),
-                     "items": len(items), "new_items": len(items - seen_items), "new_users": len(users - seen_users)})
+        rows.append(
+            {
+                "cycle": cycle.index,
+                "as_of": cycle.name,
+                "events": len(ev),
+                "users": len(users),
+                "items": len(items),
+                "new_items": len(items - seen_items),
+                "new_users": len(users - seen_users),
+            }
+        )
         seen_items |= items
         seen_users |= users
     return rows
@@ -68,22 +80,29 @@ def run(cfg: Config) -> dict[str, Any]:
     write_parquet(replay, dst / "replay.parquet")
     write_parquet(loo, dst / "loo.parquet")
     cycles = cycle_summary(history, replay, clock)
-    metrics = {"history_events": len(history), "replay_events": int(replay["cycle"].notna().sum()),
-               "events_after_last_cycle": int(replay["cycle"].isna().sum()), "loo_users": len(loo),
-               "loo_users_too_short": int(history["user_idx"].nunique() - len(loo)),
-               "cycle_events_min": min(c["events"] for c in cycles), "cycles": cycles}
+    metrics = {
+        "history_events": len(history),
+        "replay_events": int(replay["cycle"].notna().sum()),
+        "events_after_last_cycle": int(replay["cycle"].isna().sum()),
+        "loo_users": len(loo),
+        "loo_users_too_short": int(history["user_idx"].nunique() - len(loo)),
+        "cycle_events_min": min(c["events"] for c in cycles),
+        "cycles": cycles,
+    }
     write_json(metrics, cfg.path(cfg.paths.metrics) / "split.json")
-    log.info("split: %d history events, %d replay events in %d cycles, %d leave-one-out users",
-             len(history), metrics["replay_events"], clock.n_cycles, len(loo))
+    log.info(
+        "split: %d history events, %d replay events in %d cycles, %d leave-one-out users",
+        len(history),
+        metrics["replay_events"],
+        clock.n_cycles,
+        len(loo),
+    )
     return metrics
 
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m specrec.data.split [--params params.yaml]`."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="path to params.yaml")
-    args = parser.parse_args(argv)
-    run_entry(lambda: run(load_config(args.params)))
+    stage_main(run, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

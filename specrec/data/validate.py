@@ -110,8 +110,12 @@ def _split(raw: pd.DataFrame, clean: pd.DataFrame, reasons: _Reasons) -> Validat
     if SOURCE_ROW in raw:
         quarantine[SOURCE_ROW] = raw.loc[bad, SOURCE_ROW].astype("int64")
     counts = reasons.reason[bad].value_counts().to_dict()
-    return Validated(clean.loc[reasons.ok].reset_index(drop=True), quarantine.reset_index(drop=True), len(raw),
-                     {str(k): int(v) for k, v in counts.items()})
+    return Validated(
+        clean.loc[reasons.ok].reset_index(drop=True),
+        quarantine.reset_index(drop=True),
+        len(raw),
+        {str(k): int(v) for k, v in counts.items()},
+    )
 
 
 def validate_interactions(raw: pd.DataFrame, timestamp_unit: str, cfg: ValidateConfig) -> Validated:
@@ -129,8 +133,15 @@ def validate_interactions(raw: pd.DataFrame, timestamp_unit: str, cfg: ValidateC
     reasons.flag((ts < lo) | (ts > hi), out_of_range)
     rating = _check_number(raw, "rating", cfg.rating_min, cfg.rating_max, reasons)
     weight = _check_number(raw, "weight", 0.0, float("inf"), reasons)
-    clean = pd.DataFrame({"user_id": ids["user_id"], "item_id": ids["item_id"], "timestamp": ts,
-                          "rating": rating, "weight": weight})
+    clean = pd.DataFrame(
+        {
+            "user_id": ids["user_id"],
+            "item_id": ids["item_id"],
+            "timestamp": ts,
+            "rating": rating,
+            "weight": weight,
+        }
+    )
     dup = clean.where(reasons.ok).duplicated(keep="first") & reasons.ok
     reasons.flag(dup, "exact duplicate")
     result = _split(raw, clean, reasons)

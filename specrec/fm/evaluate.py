@@ -7,21 +7,19 @@ input, all items ranked with the user's seen items excluded. Metrics go to data/
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 from models.evaluate import PopularityScorer, evaluate
 from models.train import load_checkpoint
-from specrec.config import Config, load_config
+from specrec.config import Config
 from specrec.errors import DataError
 from specrec.fm.data import load_loo
 from specrec.fm.train import REGISTERED_MODEL, RUN_FILE
 from specrec.io import write_json
 from specrec.registry import metric_key
-from specrec.runtime import run_entry
+from specrec.runtime import stage_main
 from specrec.tracking import use_project_store
 
 log = logging.getLogger(__name__)
@@ -64,10 +62,7 @@ def evaluate_fm(cfg: Config) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m specrec.fm.evaluate [--params params.yaml]`."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="path to params.yaml")
-    args = parser.parse_args(argv)
-    run_entry(lambda: evaluate_fm(load_config(args.params)))
+    stage_main(evaluate_fm, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

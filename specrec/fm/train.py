@@ -9,7 +9,6 @@ when the new version beats the champion on validation (`fm.promote_metric`).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -19,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from models.train import EpochRecord, TrainConfig, TrainResult, build_model, train
-from specrec.config import Config, load_config, parse_timestamp
+from specrec.config import Config, parse_timestamp
 from specrec.fm.data import LooData, load_loo
 from specrec.fm.pyfunc import ID_MAP_FILE
 from specrec.io import read_parquet, write_json
 from specrec.registry import Promotion, metric_key, promote_if_better
-from specrec.runtime import run_entry
+from specrec.runtime import stage_main
 from specrec.tracking import experiment_id, use_project_store
 
 log = logging.getLogger(__name__)
@@ -159,10 +158,7 @@ def train_fm(cfg: Config, progress: bool = True) -> TrainOutcome:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m specrec.fm.train [--params params.yaml]`."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="path to params.yaml")
-    args = parser.parse_args(argv)
-    run_entry(lambda: train_fm(load_config(args.params)))
+    stage_main(train_fm, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

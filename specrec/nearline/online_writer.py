@@ -45,7 +45,8 @@ Frames = pd.DataFrame | Iterable[pd.DataFrame]
 MAX_IDS = 20  # entity ids named in an error
 _SCATTER_BYTES = 1 << 22  # bytes moved per index array in _concat (bounds that array to 32 MB)
 _SQLITE_CACHE_KIB = 131_072  # page cache of the writer's own SQLite connection (128 MiB)
-_SQLITE_ROWS_PER_STATEMENT = 100  # rows per multi-row INSERT (600-700 parameters; SQLite allows 32766)
+_SQLITE_ENTITIES_PER_STATEMENT = 100  # entities per multi-row INSERT
+_SQLITE_MAX_PARAMS = 32_000  # SQLite allows 32766 parameters per statement by default
 _EPOCH = datetime(1970, 1, 1)
 
 # protobuf tags (field number << 3 | wire type) of feast.types.Value and the list messages.
@@ -684,7 +685,13 @@ def _micros(series: pd.Series) -> np.ndarray:
 
 
 class SqliteWriter:
-    """Feast's SQLite online table, upserted with executemany in one transaction per batch."""
+    """Feast's SQLite online table: its upsert, executemany, one transaction per batch.
+
+    Rows go in sorted by (entity_key, feature_name), so each B-tree page is visited once per batch
+    (Feast inserts in input order). A statement carries many entities; an entity's key and timestamps
+    are bound once and shared by its feature rows (numbered parameters), and values that are NULL for
+    the whole batch are SQL literals: the stored rows are the same, with a third of the bindings.
+    """
 
     def __init__(self, store: FeatureStore, plan: Plan) -> None:
         from feast.infra.online_stores.sqlite import SqliteOnlineStore
@@ -696,8 +703,6 @@ class SqliteWriter:
         wants_num = bool(getattr(store.config.online_store, "enable_openai_compatible_store", False))
         self.with_num = wants_num and "value_num" in self._columns()
         self.plan = plan
-        self.sql = _upsert_sql(self.table, self.with_num, rows=1)
-        self.sql_many = _upsert_sql(self.table, self.with_num, rows=_SQLITE_ROWS_PER_STATEMENT)
 
     def _columns(self) -> set[str]:
         """The table's columns, or an error if `feast apply` has not created it."""
@@ -709,43 +714,57 @@ class SqliteWriter:
             )
         return columns
 
-    def prepare(self, frame: pd.DataFrame) -> tuple[list[list[Any]], list[list[Any]]]:
-        """Statement parameters of a validated frame: multi-row chunks, then the rows left over."""
-        rows = self._table_rows(encode_batch(frame, self.plan))
-        full = len(rows) // _SQLITE_ROWS_PER_STATEMENT * _SQLITE_ROWS_PER_STATEMENT
-        width = rows.shape[1] * _SQLITE_ROWS_PER_STATEMENT
-        return rows[:full].reshape(-1, width).tolist(), rows[full:].tolist()
-
-    def write(self, params: tuple[list[list[Any]], list[list[Any]]]) -> None:
-        """Upsert every (entity, feature) row of one batch in one transaction."""
-        many, rest = params
-        with self.conn:
-            self.conn.executemany(self.sql_many, many)
-            self.conn.executemany(self.sql, rest)
-
-    def _table_rows(self, batch: Batch) -> np.ndarray:
-        """(n * features, columns) parameters in Feast's column order, sorted by (entity_key, feature_name).
-
-        Sorted inserts touch each B-tree page once per batch; Feast's input-order inserts are random.
-        """
-        keys = _objects(_split(batch.keys))
+    def prepare(self, frame: pd.DataFrame) -> list[tuple[str, list[list[Any]]]]:
+        """(statement, parameter lists) pairs that upsert a validated frame."""
+        batch = encode_batch(frame, self.plan)
+        keys = _split(batch.keys)
         order = np.array(sorted(range(batch.n), key=keys.__getitem__), dtype=np.int64)
-        names = sorted(batch.features)
-        event_ts = np.asarray(sqlite_epochs(batch.micros), dtype=object)[order]
-        created = sqlite_epochs(batch.created_micros) if batch.created_micros is not None else None
-        columns = 7 if self.with_num else 6
-        out = np.empty((batch.n, len(names), columns), dtype=object)
-        out[:, :, 0] = keys[order, None]
-        out[:, :, -2] = event_ts[:, None]
-        out[:, :, -1] = None if created is None else np.asarray(created, dtype=object)[order, None]
-        for j, name in enumerate(names):
+        params: list[np.ndarray] = []  # per-entity parameter columns, entities in key order
+
+        def bind(values: list[Any]) -> int:
+            params.append(_objects(values)[order])
+            return len(params) - 1
+
+        def bind_unless_null(values: list[Any]) -> int | str:
+            return bind(values) if any(v is not None for v in values) else "NULL"
+
+        key, event_ts = bind(keys), bind(sqlite_epochs(batch.micros))
+        created = bind(sqlite_epochs(batch.created_micros)) if batch.created_micros is not None else "NULL"
+        rows: list[list[int | str]] = []  # per feature: each column as a parameter slot or an SQL literal
+        for name in sorted(batch.features):
             enc = batch.features[name]
-            out[:, j, 1] = name
-            out[:, j, 2] = _objects(_split(enc.values))[order]
-            out[:, j, 3] = _objects(enc.texts)[order]
-            if self.with_num:
-                out[:, j, 4] = _objects(enc.nums)[order]
-        return out.reshape(-1, columns)
+            row = [key, _literal(name), bind(_split(enc.values)), bind_unless_null(enc.texts)]
+            rows.append(row + ([bind_unless_null(enc.nums)] if self.with_num else []) + [event_ts, created])
+        return self._statements(np.stack(params, axis=1), rows)
+
+    def _statements(
+        self, table: np.ndarray, rows: list[list[int | str]]
+    ) -> list[tuple[str, list[list[Any]]]]:
+        """Chunks of entities per statement: (n, P) parameters -> full chunks, then the rest."""
+        n, width = table.shape
+        per = max(1, min(_SQLITE_ENTITIES_PER_STATEMENT, _SQLITE_MAX_PARAMS // width))
+        full = n // per * per
+        out = []
+        if full:
+            out.append((self._sql(rows, width, per), table[:full].reshape(-1, per * width).tolist()))
+        if full < n:
+            out.append((self._sql(rows, width, n - full), [table[full:].reshape(-1).tolist()]))
+        return out
+
+    def _sql(self, rows: list[list[int | str]], width: int, entities: int) -> str:
+        """Feast's upsert with the rows of `entities` entities (numbered parameters, `width` per entity)."""
+        values = ", ".join(
+            "(" + ", ".join(f"?{e * width + c + 1}" if isinstance(c, int) else c for c in row) + ")"
+            for e in range(entities)
+            for row in rows
+        )
+        return _upsert_sql(self.table, self.with_num, values)
+
+    def write(self, statements: list[tuple[str, list[list[Any]]]]) -> None:
+        """Upsert every (entity, feature) row of one batch in one transaction."""
+        with self.conn:
+            for sql, params in statements:
+                self.conn.executemany(sql, params)
 
     def close(self) -> None:
         """Close the connection."""
@@ -757,14 +776,18 @@ def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-def _upsert_sql(table: str, with_num: bool, rows: int) -> str:
-    """Feast's sqlite online_write_batch upsert statement, with `rows` rows of VALUES."""
+def _literal(text: str) -> str:
+    """An SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _upsert_sql(table: str, with_num: bool, values: str) -> str:
+    """Feast's sqlite online_write_batch upsert statement, with the given VALUES rows."""
     columns = ["entity_key", "feature_name", "value", "value_text"] + (["value_num"] if with_num else [])
     columns += ["event_ts", "created_ts"]
     updates = ", ".join(f"{c} = excluded.{c}" for c in columns[2:])
-    one = "(" + ", ".join("?" * len(columns)) + ")"
     return (
-        f"INSERT INTO {_quote(table)} ({', '.join(columns)}) VALUES {', '.join([one] * rows)} "
+        f"INSERT INTO {_quote(table)} ({', '.join(columns)}) VALUES {values} "
         f"ON CONFLICT(entity_key, feature_name) DO UPDATE SET {updates};"
     )
 
