@@ -155,6 +155,31 @@ def nearline_run(
     _run(run, params)
 
 
+@app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    sequential: Annotated[bool, typer.Option(help="Retrieval, then the user side (for comparison).")] = False,
+    candidates: Annotated[int, typer.Option(help="Items retrieved per request before scoring.")] = 200,
+    deadline_ms: Annotated[
+        float, typer.Option(help="Online-store deadline; past it the answer is degraded.")
+    ] = 50.0,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Serve recommendations over HTTP (POST /recommend, POST /score, /healthz, /readyz, /metrics)."""
+
+    def run(cfg: Config) -> None:
+        import uvicorn
+
+        from specrec.online.app import build_scorer
+        from specrec.online.service import create_app
+
+        scorer, watch = build_scorer(cfg, not sequential, candidates, deadline_ms / 1000)
+        uvicorn.run(create_app(scorer, watch), host=host, port=port, log_level="warning")
+
+    _run(run, params)
+
+
 @clock_app.command("show")
 def clock_show(params: ParamsOpt = Path("params.yaml")) -> None:
     """List the replay cycles with their as_of and window."""

@@ -1,0 +1,61 @@
+"""Assemble the scorer service from the project: the Feast store, the serving bundle, the watcher."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import mlflow
+from specrec.config import Config
+from specrec.errors import SpecrecError
+from specrec.io import read_parquet
+from specrec.nearline import bundles
+from specrec.nearline.store import open_store
+from specrec.online.service import Scorer
+from specrec.online.serving_state import ServingState, build_state
+from specrec.tracking import use_project_store
+
+log = logging.getLogger(__name__)
+
+
+def _state(cfg: Config, store, bundle: bundles.Bundle) -> ServingState:  # type: ignore[no-untyped-def]
+    """Build the serving state of a bundle from the project's catalogue and users."""
+    catalogue = read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet", "prepared items")
+    users = read_parquet(cfg.path(cfg.paths.prepared) / "users.parquet", "prepared users")
+    return build_state(store, bundle, catalogue, users["user_id"].astype(int).tolist(), scorer=None)
+
+
+def build_scorer(
+    cfg: Config,
+    parallel: bool = True,
+    candidates: int = 200,
+    deadline_s: float = 0.05,
+    watch_seconds: float = 5.0,
+) -> tuple[Scorer, Callable[[], Awaitable[None]]]:
+    """The Scorer on the current serving bundle, and a coroutine that swaps bundles when the alias moves."""
+    use_project_store(cfg.root)
+    client, store = mlflow.MlflowClient(), open_store(cfg)
+    bundle = bundles.serving(client)
+    if bundle is None:
+        raise SpecrecError(
+            "no specrec-bundle@serving yet: run `specrec nearline run --as-of first` (or the "
+            "materialize_item_embeddings flow) before serving."
+        )
+    scorer = Scorer(store, _state(cfg, store, bundle), candidates, deadline_s, parallel)
+
+    async def watch() -> None:
+        """Poll the serving alias; build the new bundle's state off the event loop, then swap."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(watch_seconds)
+            try:
+                current = await loop.run_in_executor(None, bundles.serving, client)
+                if current is not None and current.version != scorer.state.bundle.version:
+                    state = await loop.run_in_executor(None, _state, cfg, store, current)
+                    scorer.swap(state)
+                    log.info("now serving bundle %s (v%s)", current.bundle_id, current.version)
+            except Exception as exc:  # noqa: BLE001 - keep serving the current bundle
+                log.warning("bundle watch failed, still serving %s: %s", scorer.state.bundle.bundle_id, exc)
+
+    return scorer, watch

@@ -1,0 +1,314 @@
+"""The online scorer (FastAPI): the AIF request path over materialized features.
+
+Per request, two branches run concurrently: the user side reads the user's fresh `user_state` and
+`speculative` rows from Feast (under a deadline), while retrieval searches the serving bundle's item
+index with the user's snapshot vector. The thin scorer then ranks the candidates from the user vector,
+item embeddings, item stats and, on speculative hits, the FM pair representations. Sequential mode
+(retrieval, then the user side) exists for comparison. The serving bundle is watched in MLflow and
+swapped atomically. A slow or unreachable store gives a degraded answer, never an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from fastapi import FastAPI, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, Field
+
+from specrec.online.serving_state import ServingState, score
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+log = logging.getLogger(__name__)
+
+MAX_K = 1000
+MAX_ITEMS = 1000
+USER_FEATURES = [
+    "user_state:state",
+    "user_state:recent_items",
+    "speculative:item_ids",
+    "speculative:pair_repr",
+    "speculative:expires_at",
+]
+
+
+class RecommendRequest(BaseModel):
+    """POST /recommend."""
+
+    user_id: int = Field(ge=0, description="The user to recommend for.")
+    k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
+    exclude_seen: bool = Field(True, description="Leave out the user's recent items.")
+
+
+class ScoreRequest(BaseModel):
+    """POST /score."""
+
+    user_id: int = Field(ge=0)
+    item_ids: list[int] = Field(
+        min_length=1, max_length=MAX_ITEMS, description="Items to score (at most 1000)."
+    )
+
+
+@dataclass
+class UserSide:
+    """What the user-side branch found."""
+
+    vector: np.ndarray | None
+    seen: set[int]
+    pairs: dict[int, np.ndarray]
+    degraded: bool
+
+
+class Metrics:
+    """Prometheus metrics of one service instance (own registry, so tests can run several)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        buckets = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+        self.stage = Histogram(
+            "specrec_stage_seconds",
+            "Latency per request stage",
+            ["stage"],
+            buckets=buckets,
+            registry=self.registry,
+        )
+        self.speculative = Counter(
+            "specrec_speculative_total",
+            "Candidates by speculative outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.fallbacks = Counter(
+            "specrec_fallbacks_total", "Degraded or cold-start answers", ["reason"], registry=self.registry
+        )
+        self.bundle = Gauge(
+            "specrec_serving_bundle_info",
+            "The bundle being served",
+            ["bundle_id", "version"],
+            registry=self.registry,
+        )
+
+
+class Scorer:
+    """The request path over the current ServingState."""
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        state: ServingState,
+        candidates: int = 200,
+        deadline_s: float = 0.05,
+        parallel: bool = True,
+    ) -> None:
+        self.store, self.state = store, state
+        self.candidates, self.deadline_s, self.parallel = candidates, deadline_s, parallel
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="specrec-io")
+        self.metrics = Metrics()
+        self._show_bundle()
+
+    def _show_bundle(self, previous: ServingState | None = None) -> None:
+        """Export the serving bundle as a gauge (1 for the served one, 0 for the one it replaced)."""
+        if previous is not None:
+            self.metrics.bundle.labels(previous.bundle.bundle_id, str(previous.bundle.version)).set(0)
+        self.metrics.bundle.labels(self.state.bundle.bundle_id, str(self.state.bundle.version)).set(1)
+
+    def swap(self, state: ServingState) -> None:
+        """Serve a new bundle from the next request on (one reference assignment)."""
+        previous, self.state = self.state, state
+        self._show_bundle(previous)
+
+    def _read_user(self, state: ServingState, user_id: int, now: float) -> UserSide:
+        """Fresh user_state and speculative rows of the serving bundle (blocking; run in the pool)."""
+        t = time.perf_counter()
+        row = self.store.get_online_features(
+            features=USER_FEATURES, entity_rows=[{"user_id": user_id, "bundle_id": state.bundle.bundle_id}]
+        ).to_dict()
+        self.metrics.stage.labels("user_read").observe(time.perf_counter() - t)
+        vec = row["state"][0]
+        pairs: dict[int, np.ndarray] = {}
+        expires = row["expires_at"][0]
+        if row["item_ids"][0] and expires is not None and expires.timestamp() > now:
+            flat = np.asarray(row["pair_repr"][0], dtype=np.float32).reshape(len(row["item_ids"][0]), -1)
+            pairs = {int(i): flat[k] for k, i in enumerate(row["item_ids"][0])}
+        seen = set(row["recent_items"][0] or [])
+        return UserSide(None if vec is None else np.asarray(vec, dtype=np.float32), seen, pairs, False)
+
+    def _retrieve(self, state: ServingState, query: np.ndarray, n: int) -> np.ndarray:
+        """Index rows of the top-n items for the query."""
+        t = time.perf_counter()
+        _, rows = state.index.search(query[None].astype(np.float32), min(n, len(state.item_ids)))
+        self.metrics.stage.labels("retrieval").observe(time.perf_counter() - t)
+        return rows[0][rows[0] >= 0]
+
+    async def _user_side(self, state: ServingState, user_id: int) -> UserSide:
+        """The user branch under the deadline; a slow or failing store degrades instead of failing."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self.pool, self._read_user, state, user_id, time.time()), self.deadline_s
+            )
+        except Exception as exc:  # noqa: BLE001 - timeout or store error: answer degraded
+            reason = "store_timeout" if isinstance(exc, TimeoutError) else "store_error"
+            self.metrics.fallbacks.labels(reason).inc()
+            log.warning("user side degraded for user %s: %s", user_id, reason)
+            return UserSide(None, set(), {}, True)
+
+    def _cold_start(self, state: ServingState, k: int, t0: float) -> dict[str, Any]:
+        """Recent popularity for a user the bundle knows nothing about."""
+        self.metrics.fallbacks.labels("cold_start").inc()
+        self.metrics.stage.labels("total").observe(time.perf_counter() - t0)
+        items = state.popular[:k].tolist()
+        return {
+            "items": items,
+            "scores": [None] * len(items),
+            "bundle_id": state.bundle.bundle_id,
+            "cold_start": True,
+            "degraded": False,
+            "speculative_hits": 0,
+        }
+
+    async def recommend(self, req: RecommendRequest) -> dict[str, Any]:
+        """Top-k items for a user."""
+        t0, state = time.perf_counter(), self.state
+        query = state.user_snapshot.get(req.user_id)
+        if query is None:
+            return self._cold_start(state, req.k, t0)
+        loop = asyncio.get_running_loop()
+        n = max(self.candidates, req.k + 50)
+        if self.parallel:
+            user, rows = await asyncio.gather(
+                self._user_side(state, req.user_id),
+                loop.run_in_executor(self.pool, self._retrieve, state, query, n),
+            )
+        else:
+            rows = await loop.run_in_executor(self.pool, self._retrieve, state, query, n)
+            user = await self._user_side(state, req.user_id)
+        return self._rank(state, req, user, query, rows, t0)
+
+    def _rank(
+        self,
+        state: ServingState,
+        req: RecommendRequest,
+        user: UserSide,
+        query: np.ndarray,
+        rows: np.ndarray,
+        t0: float,
+    ) -> dict[str, Any]:
+        """Score the candidates and cut to k."""
+        t = time.perf_counter()
+        if req.exclude_seen and user.seen:
+            rows = rows[[int(state.item_ids[r]) not in user.seen for r in rows]]
+        vec = user.vector if user.vector is not None else query
+        scores = score(state, vec, rows, user.pairs)
+        hits = sum(int(state.item_ids[r]) in user.pairs for r in rows)
+        self.metrics.speculative.labels("hit").inc(hits)
+        self.metrics.speculative.labels("miss").inc(len(rows) - hits)
+        top = np.argsort(-scores, kind="stable")[: req.k]
+        self.metrics.stage.labels("scoring").observe(time.perf_counter() - t)
+        self.metrics.stage.labels("total").observe(time.perf_counter() - t0)
+        return {
+            "items": [int(state.item_ids[rows[i]]) for i in top],
+            "scores": [float(scores[i]) for i in top],
+            "bundle_id": state.bundle.bundle_id,
+            "cold_start": False,
+            "degraded": user.degraded,
+            "speculative_hits": hits,
+        }
+
+    async def score_items(self, req: ScoreRequest) -> dict[str, Any]:
+        """Scores of given items; unknown items are reported, the rest scored."""
+        state = self.state
+        known = [i for i in req.item_ids if i in state.row_of]
+        unknown = [i for i in req.item_ids if i not in state.row_of]
+        query = state.user_snapshot.get(req.user_id)
+        if query is None:
+            self.metrics.fallbacks.labels("cold_start").inc()
+            return {
+                "scores": {},
+                "unknown_items": unknown,
+                "bundle_id": state.bundle.bundle_id,
+                "cold_start": True,
+                "degraded": False,
+            }
+        user = await self._user_side(state, req.user_id)
+        rows = np.asarray([state.row_of[i] for i in known], dtype=np.int64)
+        vec = user.vector if user.vector is not None else query
+        values = score(state, vec, rows, user.pairs) if len(rows) else np.zeros(0)
+        return {
+            "scores": {str(i): float(v) for i, v in zip(known, values, strict=True)},
+            "unknown_items": unknown,
+            "bundle_id": state.bundle.bundle_id,
+            "cold_start": False,
+            "degraded": user.degraded,
+        }
+
+    def ready(self) -> bool:
+        """A bundle is loaded and the online store answers."""
+        try:
+            self.store.get_online_features(features=["item_stats:count_1c"], entity_rows=[{"item_id": 0}])
+        except Exception:  # noqa: BLE001
+            return False
+        return len(self.state.item_ids) > 0
+
+
+def create_app(scorer: Scorer, watcher: Any | None = None) -> FastAPI:
+    """The HTTP app around a Scorer; `watcher` is an optional coroutine function run in the background."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        task = asyncio.create_task(watcher()) if watcher else None
+        yield
+        if task:
+            task.cancel()
+
+    app = FastAPI(
+        title="specrec scorer",
+        version="1",
+        lifespan=lifespan,
+        description="Thin online scorer over features materialized by specrec.",
+    )
+
+    @app.post("/recommend")
+    async def recommend(req: RecommendRequest) -> dict[str, Any]:
+        """Top-k items for a user, seen items excluded by default."""
+        return await scorer.recommend(req)
+
+    @app.post("/score")
+    async def score_items(req: ScoreRequest) -> dict[str, Any]:
+        """Scores for given items; unknown items are listed, not errors."""
+        return await scorer.score_items(req)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(response: Response) -> dict[str, Any]:
+        """A bundle is loaded and the online store is reachable."""
+        ok = await asyncio.get_running_loop().run_in_executor(scorer.pool, scorer.ready)
+        response.status_code = 200 if ok else 503
+        return {"ready": ok, "bundle_id": scorer.state.bundle.bundle_id}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus metrics."""
+        return Response(generate_latest(scorer.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
