@@ -13,8 +13,11 @@ are encoded at once with numpy into the very bytes Feast would store, so a plain
   `<view>:<feature>`, the `_ts:<view>` timestamp and `key_ttl_seconds`, sent as pipelined raw RESP.
 
 Other online stores (and SQLite with `vector_enabled`) go through `FeatureStore.write_to_online_store`.
-Every batch is validated before anything of it is written (a whole DataFrame before its first row is).
-A row wrapped as `Rows` is a flat uint8 buffer plus per-row byte counts: `(buf, lens)`.
+Every batch is validated before anything of it is written (a whole DataFrame before its first row is),
+and the store write of one batch runs on a background thread while the next batch is encoded.
+Writes always overwrite, like Feast's SQLite store; Feast's Redis store instead skips rows whose event
+time is not newer than the stored one (unless `skip_dedup`), which this writer does not do.
+A column of byte strings is handled as `Rows`: a flat uint8 buffer plus per-row byte counts `(buf, lens)`.
 """
 
 from __future__ import annotations
@@ -328,9 +331,9 @@ def _encode_varint_scalar(series: pd.Series, vtype: str) -> Encoded:
         texts = [str(bool(v)) if p else None for v, p in zip(values.tolist(), present.tolist(), strict=True)]
         nums = [float(bool(v)) if p else None for v, p in zip(values.tolist(), present.tolist(), strict=True)]
         return Encoded(rows, texts, nums)
-    pairs = zip(values.tolist(), present.tolist(), strict=True)
-    texts, nums = zip(*((str(v), float(v)) if p else (None, None) for v, p in pairs), strict=True)
-    return Encoded(rows, list(texts), list(nums))
+    texts = [str(v) if p else None for v, p in zip(values.tolist(), present.tolist(), strict=True)]
+    nums = [float(v) if p else None for v, p in zip(values.tolist(), present.tolist(), strict=True)]
+    return Encoded(rows, texts, nums)
 
 
 def _encode_float_scalar(series: pd.Series, vtype: str) -> Encoded:
@@ -934,10 +937,12 @@ def write_online(
     """Upsert rows into the online store as Feast would store them; return the number of rows written.
 
     `frame` (a DataFrame, or an iterable of DataFrames to stream) has exactly the view's join keys,
-    features and tz-aware timestamp column(s). A DataFrame is validated whole before anything is
-    written; a stream is validated batch by batch, each before its write. Float-array features must be
-    finite and of one length: `vector_dims[name]` (None = any length), else the field's vector_length,
-    else the length of the first row seen. Rerunning with the same rows leaves the store identical.
+    features and tz-aware timestamp column(s), one row per entity. A DataFrame is validated whole before
+    anything is written; a stream batch by batch, each before its write (an error then says how many
+    earlier rows were written). Float-array features must be present, finite and of one length:
+    `vector_dims[name]` (None = any length), else the field's vector_length, else the length of the first
+    row seen. Rows always overwrite what is stored; rerunning with the same rows leaves the store
+    identical. Raises OnlineWriteError naming the refused entities (first 20 and the count).
     """
     if batch_rows < 1:
         raise OnlineWriteError(f"batch_rows = {batch_rows} must be at least 1.")

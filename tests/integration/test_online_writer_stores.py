@@ -127,6 +127,24 @@ def test_sqlite_rows_are_feasts_and_read_back(tmp_path: Path) -> None:
     assert_reads_back(ours, frame)
 
 
+def test_sqlite_value_num_column_is_feasts(tmp_path: Path) -> None:
+    """enable_openai_compatible_store adds Feast's value_num column; it is filled the same way."""
+    online = "online_store:\n  type: sqlite\n  path: {}\n  enable_openai_compatible_store: true\n"
+    ours = make_store(tmp_path / "ours", online.format(tmp_path / "ours" / "online.db"))
+    feasts = make_store(tmp_path / "feast", online.format(tmp_path / "feast" / "online.db"))
+    frame = items(40)
+    write_online(ours, "item_repr", frame, progress=False)
+    feasts.write_to_online_store("item_repr", frame)
+    query = (
+        "SELECT entity_key, feature_name, value, value_text, value_num FROM owtest_item_repr ORDER BY 1, 2"
+    )
+    dumps = [
+        sqlite3.connect(p / "online.db").execute(query).fetchall()
+        for p in (tmp_path / "ours", tmp_path / "feast")
+    ]
+    assert dumps[0] == dumps[1] and any(row[4] is not None for row in dumps[0])
+
+
 def test_sqlite_rerun_is_idempotent_and_updates_overwrite(tmp_path: Path) -> None:
     store = sqlite_store(tmp_path / "repo")
     frame = items(50)

@@ -132,6 +132,7 @@ def test_entity_keys_of_other_types_use_feast() -> None:
     )
 
 
+@pytest.mark.filterwarnings("ignore:Discarding nonzero nanoseconds")  # Feast truncates the same way
 def test_timestamps_are_protobuf_timestamps() -> None:
     from google.protobuf.timestamp_pb2 import Timestamp
 
