@@ -46,7 +46,7 @@ VARIANTS = ("specrec", "sequential", "feast_mlflow")
 FEATURES = ["user_state:state", "user_state:recent_items"]
 K = 10
 
-Call = Callable[[aiohttp.ClientSession, int, dict[str, list[float]]], Awaitable[None]]
+Call = Callable[[aiohttp.ClientSession, int, dict[str, list[float]]], Awaitable[str | None]]
 
 
 # ----------------------------------------------------------------------------------------- servers
@@ -136,6 +136,31 @@ def _group_gone(pgid: int) -> bool:
     return False
 
 
+def group_cpu_s(server: Server) -> float:
+    """CPU seconds (user + system) used so far by the live processes of a server's process group."""
+    if server.proc is None:
+        return 0.0
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == server.proc.pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def cpu_per_request(servers: list[Server], before: list[float], client_s: float, n: int) -> dict[str, Any]:
+    """Server and client CPU milliseconds per answered request over one load, and the 1-min load average."""
+    out: dict[str, Any] = {}
+    for server, b in zip(servers, before, strict=True):
+        out[f"{server.name}_cpu_ms_per_request"] = round((group_cpu_s(server) - b) * 1000 / max(n, 1), 3)
+    out["client_cpu_ms_per_request"] = round(client_s * 1000 / max(n, 1), 3)
+    out["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    return out
+
+
 async def wait_ready(server: Server, timeout_s: float) -> None:
     """Poll the server's readiness paths in order until each answers 200; raise on exit or timeout."""
     deadline = time.monotonic() + timeout_s
@@ -169,6 +194,7 @@ class LoadResult:
     elapsed_s: float
     error_kinds: dict[str, int]
     parts_ms: dict[str, list[float]]
+    flags: dict[str, int]
 
     def summary(self) -> dict[str, Any]:
         """p50/p99 (ms), achieved rps and errors."""
@@ -182,6 +208,7 @@ class LoadResult:
         }
         if self.error_kinds:
             out["error_kinds"] = dict(self.error_kinds)
+        out.update({f"answers_{k}": v for k, v in sorted(self.flags.items())})
         return out
 
 
@@ -200,6 +227,7 @@ async def run_load(
     slots = asyncio.Semaphore(max_inflight)
     latencies: list[float] = []
     kinds: dict[str, int] = {}
+    flags: dict[str, int] = {}
     parts: dict[str, list[float]] = {}
     connector = aiohttp.TCPConnector(limit=max_inflight, limit_per_host=max_inflight)
 
@@ -208,8 +236,10 @@ async def run_load(
         try:
             async with asyncio.timeout(timeout_s):
                 async with slots:
-                    await call(session, user, parts)
+                    flag = await call(session, user, parts)
             latencies.append((time.perf_counter() - due) * 1000)
+            if flag:
+                flags[flag] = flags.get(flag, 0) + 1
         except Exception as exc:  # noqa: BLE001 - every failure is counted, by kind
             kind = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
             kinds[kind] = kinds.get(kind, 0) + 1
@@ -225,7 +255,7 @@ async def run_load(
             tasks.append(asyncio.create_task(one(session, due, rng.choice(users))))
         await asyncio.gather(*tasks)
         elapsed = max(time.perf_counter() - t0, duration_s)
-    return LoadResult(rate, latencies, sum(kinds.values()), elapsed, kinds, parts)
+    return LoadResult(rate, latencies, sum(kinds.values()), elapsed, kinds, parts, flags)
 
 
 class HTTPStatusError(Exception):
@@ -244,11 +274,12 @@ async def post_json(session: aiohttp.ClientSession, url: str, body: dict[str, An
 def specrec_call(url: str) -> Call:
     """POST /recommend {user_id, k} to the specrec scorer."""
 
-    async def call(session: aiohttp.ClientSession, user: int, parts: dict[str, list[float]]) -> None:
-        """One /recommend."""
+    async def call(session: aiohttp.ClientSession, user: int, parts: dict[str, list[float]]) -> str | None:
+        """One /recommend; 'degraded' or 'cold_start' when the answer says so."""
         out = await post_json(session, f"{url}/recommend", {"user_id": user, "k": K})
         if "items" not in out:
             raise HTTPStatusError(f"no items in answer: {str(out)[:200]}")
+        return "degraded" if out.get("degraded") else "cold_start" if out.get("cold_start") else None
 
     return call
 
@@ -256,7 +287,7 @@ def specrec_call(url: str) -> Call:
 def feast_mlflow_call(feast_url: str, mlflow_url: str, bundle_id: str, history: dict[int, Any]) -> Call:
     """Feast /get-online-features for the user, then MLflow /invocations with the user's history."""
 
-    async def call(session: aiohttp.ClientSession, user: int, parts: dict[str, list[float]]) -> None:
+    async def call(session: aiohttp.ClientSession, user: int, parts: dict[str, list[float]]) -> str | None:
         """One composed request; client-side time per part goes to `parts`."""
         t = time.perf_counter()
         body = {"features": FEATURES, "entities": {"user_id": [user], "bundle_id": [bundle_id]}}
@@ -272,6 +303,7 @@ def feast_mlflow_call(feast_url: str, mlflow_url: str, bundle_id: str, history: 
         t2 = time.perf_counter()
         parts.setdefault("feast_ms", []).append((t1 - t) * 1000)
         parts.setdefault("mlflow_ms", []).append((t2 - t1) * 1000)
+        return None
 
     return call
 
@@ -412,10 +444,14 @@ async def bench_variant(variant: str, args: argparse.Namespace, inputs: tuple[An
         await run_load(call, users, args.loads[0], args.warmup, args.max_inflight, args.timeout, seed=0)
         for i, rate in enumerate(args.loads):
             before = await scrape(servers[0].url) if variant != "feast_mlflow" else {}
+            cpu0, client0 = [group_cpu_s(s) for s in servers], time.process_time()
             load = await run_load(
                 call, users, rate, args.duration, args.max_inflight, args.timeout, seed=i + 1
             )
             result[_key(rate)] = load.summary()
+            result[_key(rate)].update(
+                cpu_per_request(servers, cpu0, time.process_time() - client0, len(load.latencies_ms))
+            )
             if variant != "feast_mlflow":
                 result["_stages"][_key(rate)] = stage_summary(before, await scrape(servers[0].url))
             else:
@@ -552,6 +588,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def amain(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     """Run every variant in turn and assemble the results file."""
+    task, loop = asyncio.current_task(), asyncio.get_running_loop()
+    assert task is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):  # cancel, so every variant's finally stops its servers
+        loop.add_signal_handler(sig, task.cancel)
     inputs = serving_inputs()
     results: dict[str, Any] = {
         "command": shlex.join(["python", "benchmarks/serving.py", *argv]),
