@@ -72,11 +72,17 @@ demo: $(STAMP) ## run the platform end to end on the shipped dataset
 	@echo
 	specrec clock show
 	@echo
-	@echo "== nearline: Feast apply, then the Prefect flows for the first cycle =="
+	@echo "== thin scorer: distil it from the FM at the first cycle (Prefect flow train_scorer) =="
+	specrec scorer train --as-of first
+	@echo
+	@echo "== nearline: Feast apply, then the Prefect flows for the first cycle (the bundle includes the scorer) =="
 	specrec nearline apply
 	specrec nearline run --as-of first
 	@echo "  Feast online store: data/feast/online_store.db (feature views item_repr, item_stats, user_state)"
 	@echo "  serving bundle: MLflow alias specrec-bundle@serving; runs in MLflow experiment 'materialize'"
+	@echo
+	@echo "== online scorer: a real HTTP server on loopback, real requests (serve it yourself: specrec serve) =="
+	specrec serve-check --requests 50
 
 test: $(STAMP) system-deps ## lint, then run the whole test suite
 	$(BIN)/ruff check specrec models flows benchmarks tests

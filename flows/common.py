@@ -27,4 +27,3 @@ def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
     except Exception:  # noqa: BLE001 - everything else may be transient
         return True
     return False
-

@@ -139,9 +139,7 @@ def nearline_run(
     from flows.update_user_state import update_user_state
 
     def run(cfg: Config) -> None:
-        from specrec.clock import ReplayClock
-
-        when = ReplayClock.from_config(cfg.clock).cycle(1).as_of.isoformat() if as_of == "first" else as_of
+        when = _as_of(cfg, as_of)
         p = str(params.resolve())
         items = materialize_item_embeddings(as_of=when, params=p)
         stats = update_item_stats(as_of=when, params=p)
@@ -153,6 +151,41 @@ def nearline_run(
         )
 
     _run(run, params)
+
+
+scorer_app = typer.Typer(help="The thin online scorer.", no_args_is_help=True)
+app.add_typer(scorer_app, name="scorer")
+
+
+def _as_of(cfg: Config, as_of: str) -> str:
+    """'first' means the clock's first cycle; anything else is taken as given."""
+    from specrec.clock import ReplayClock
+
+    return ReplayClock.from_config(cfg.clock).cycle(1).as_of.isoformat() if as_of == "first" else as_of
+
+
+@scorer_app.command("train")
+def scorer_train(
+    as_of: Annotated[
+        str, typer.Option(help="Train on events before this instant; 'first' = the first cycle.")
+    ],
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Distil the thin scorer from the champion FM (flow train_scorer); gate specrec-scorer@champion."""
+    from flows.train_scorer import train_scorer
+
+    _run(lambda cfg: typer.echo(train_scorer(as_of=_as_of(cfg, as_of), params=str(params.resolve()))), params)
+
+
+@app.command("serve-check")
+def serve_check(
+    requests: Annotated[int, typer.Option(help="Requests to send.")] = 50,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Start the scorer on a free loopback port, send real HTTP requests, print answers and latency, stop."""
+    from specrec.online.check import check
+
+    _run(lambda cfg: check(cfg, requests), params)
 
 
 @app.command("serve")

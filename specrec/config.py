@@ -313,6 +313,36 @@ class FMConfig:
         return arch | ({"time_buckets": self.time_buckets} if self.model == "hstu" else {})
 
 
+@dataclass(frozen=True)
+class ScorerTrainConfig:
+    """The thin online scorer and its distillation from the FM."""
+
+    candidates: int = 100  # retrieved candidates per training example (the teacher scores all of them)
+    max_examples: int = 600  # users (newest first) whose latest event becomes an example
+    holdout_share: float = 0.2  # examples kept out of training for the promotion gate
+    hidden: int = 64
+    epochs: int = 30
+    lr: float = 0.003
+    hit_rate: float = 0.5  # simulated share of candidates with a precomputed FM pair representation
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(
+            1 <= self.candidates <= 10_000, "scorer.candidates", self.candidates, "an integer in [1, 10000]"
+        )
+        _require(
+            10 <= self.max_examples <= 10_000_000,
+            "scorer.max_examples",
+            self.max_examples,
+            "an integer >= 10",
+        )
+        _require(0 < self.holdout_share < 1, "scorer.holdout_share", self.holdout_share, "a share in (0, 1)")
+        _require(1 <= self.hidden <= 4096, "scorer.hidden", self.hidden, "an integer in [1, 4096]")
+        _require(1 <= self.epochs <= 10_000, "scorer.epochs", self.epochs, "an integer in [1, 10000]")
+        _require(0 < self.lr <= 1, "scorer.lr", self.lr, "a learning rate in (0, 1]")
+        _require(0 <= self.hit_rate <= 1, "scorer.hit_rate", self.hit_rate, "a share in [0, 1]")
+
+
 PROFILES = ("embedded", "production")
 
 
@@ -354,6 +384,7 @@ class Config:
     clock: ClockConfig = field(default_factory=ClockConfig)
     fm: FMConfig = field(default_factory=FMConfig)
     feast: FeastConfig = field(default_factory=FeastConfig)
+    scorer: ScorerTrainConfig = field(default_factory=ScorerTrainConfig)
     root: Path = field(default=Path("."), metadata={"internal": True})
 
     def path(self, relative: str) -> Path:

@@ -124,8 +124,9 @@ def check_rows(frame: pd.DataFrame, dim: int) -> None:
         )
 
 
-def write_batch(store: FeatureStore, frame: pd.DataFrame, history_path: Any, batch_rows: int,
-                view: str = VIEW) -> None:
+def write_batch(
+    store: FeatureStore, frame: pd.DataFrame, history_path: Any, batch_rows: int, view: str = VIEW
+) -> None:
     """Write one validated batch offline (parquet history) and online."""
     write_parquet(frame, history_path)
     try:

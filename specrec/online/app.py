@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import mlflow
+from models.scorer import ThinScorer
 from specrec.config import Config
 from specrec.errors import SpecrecError
 from specrec.io import read_parquet
@@ -14,16 +15,34 @@ from specrec.nearline import bundles
 from specrec.nearline.store import open_store
 from specrec.online.service import Scorer
 from specrec.online.serving_state import ServingState, build_state
+from specrec.online.train_scorer import load_registered
 from specrec.tracking import use_project_store
 
 log = logging.getLogger(__name__)
+
+
+def _scorer(bundle: bundles.Bundle) -> ThinScorer | None:
+    """The bundle's thin scorer; none when the bundle has no scorer part (then the FM dot product ranks)."""
+    version = bundle.parts.get("scorer", "")
+    if not version:
+        log.warning("bundle %s has no scorer: ranking by the FM dot product", bundle.bundle_id)
+        return None
+    try:
+        return load_registered(version)
+    except Exception as exc:  # noqa: BLE001 - any load failure means the bundle cannot be served as named
+        raise SpecrecError(
+            f"bundle {bundle.bundle_id} names specrec-scorer v{version}, which cannot be loaded: "
+            f"{exc}. Train a scorer (train_scorer flow) and materialize a new bundle."
+        ) from None
 
 
 def _state(cfg: Config, store, bundle: bundles.Bundle) -> ServingState:  # type: ignore[no-untyped-def]
     """Build the serving state of a bundle from the project's catalogue and users."""
     catalogue = read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet", "prepared items")
     users = read_parquet(cfg.path(cfg.paths.prepared) / "users.parquet", "prepared users")
-    return build_state(store, bundle, catalogue, users["user_id"].astype(int).tolist(), scorer=None)
+    return build_state(
+        store, bundle, catalogue, users["user_id"].astype(int).tolist(), scorer=_scorer(bundle)
+    )
 
 
 def build_scorer(

@@ -62,7 +62,7 @@ def test_complete_then_noop_then_incremental(tiny: TinyProject, store) -> None: 
     cfg, client = tiny.cfg, mlflow.MlflowClient()
     clock = ReplayClock.from_config(cfg.clock)
     # a bundle of its own (other tests materialize the champions' bundle in the same project)
-    exp = bundles.register(client, bundles.champion_parts(client) | {"scorer": "test-complete"}, _exp(tiny))
+    exp = bundles.register(client, bundles.champion_parts(client) | {"codebook": "test-complete"}, _exp(tiny))
     first = materialize_items(cfg, clock.cycle(1).as_of, exp, store, client, progress=False)
     items = _items(tiny)
     known = items[items["first_seen"] < clock.cycle(1).as_of]
@@ -150,7 +150,7 @@ def test_bad_embeddings_are_refused_with_ids() -> None:
 
 def test_incomplete_bundle_cannot_serve(tiny: TinyProject) -> None:
     client = mlflow.MlflowClient()
-    parts = bundles.champion_parts(client) | {"scorer": "999"}  # a bundle nobody materialized
+    parts = bundles.champion_parts(client) | {"codebook": "999"}  # a bundle nobody materialized
     bundle = bundles.register(client, parts, _exp(tiny))
     with pytest.raises(SpecrecError, match="not completely materialized"):
         bundles.promote_serving(client, bundle)
