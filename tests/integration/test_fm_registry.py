@@ -54,7 +54,7 @@ def test_champion_loads_back_with_identical_scores(trained: tuple[Config, TrainO
     local = load_checkpoint(cfg.path(cfg.paths.fm))
     pyfunc = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL}@{CHAMPION}")
     served = pyfunc.unwrap_python_model().model
-    loo = pd.read_parquet(Path(cfg.paths.split) / "loo.parquet").head(32)
+    loo = pd.read_parquet(cfg.path(cfg.paths.split) / "loo.parquet").head(32)
     from models.sequences import Sequences
 
     seqs = Sequences(
@@ -69,7 +69,7 @@ def test_champion_loads_back_with_identical_scores(trained: tuple[Config, TrainO
     top = pyfunc.predict(frame)
     assert len(top) == 2 and len(top["item_idx"][0]) == 10
     assert not set(top["item_idx"][0]) & set(loo["train_items"][0])  # seen items are excluded
-    ids = pd.read_parquet(Path(cfg.paths.prepared) / "items.parquet").set_index("item_idx")["item_id"]
+    ids = pd.read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet").set_index("item_idx")["item_id"]
     assert list(top["item_id"][0]) == list(ids.loc[top["item_idx"][0]])
 
 
