@@ -70,14 +70,6 @@ def tiny(tiny_project: TinyProject) -> TinyProject:
     return tiny_project
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real redis-server on loopback for the session, stopped afterwards (`host:port`)."""
@@ -88,7 +80,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     binary = shutil.which("redis-server")
     require(binary is not None, "redis-server (Debian package redis-server; `make services` installs it)")
-    port, folder = _free_port(), tmp_path_factory.mktemp("redis")
+    from specrec.online.check import free_port
+
+    port, folder = free_port(), tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
         [
             str(binary),

@@ -4,14 +4,12 @@ real Feast store and MLflow registry; bad input, cold start, degraded answers, a
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
 
 import httpx
 import pandas as pd
 import pytest
-import uvicorn
 
 import mlflow
 from specrec.clock import ReplayClock
@@ -20,9 +18,10 @@ from specrec.nearline.materialize import materialize_items
 from specrec.nearline.store import apply
 from specrec.nearline.user_state import update_user_state
 from specrec.online.app import build_scorer
+from specrec.online.check import serve_in_thread
 from specrec.online.service import create_app
 from specrec.tracking import experiment_id
-from tests.integration.conftest import TinyProject, _free_port
+from tests.integration.conftest import TinyProject
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -45,22 +44,8 @@ def served(tiny_project: TinyProject) -> Iterator[tuple[str, object]]:
     bundles.promote_serving(client, bundle)
     update_user_state(cfg, as_of, bundle, store)
     scorer, watch = build_scorer(cfg, watch_seconds=0.5)
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(scorer, watch), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(f"{url}/healthz").status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.05)
-    yield url, scorer
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(create_app(scorer, watch)) as url:
+        yield url, scorer
 
 
 def _known_user(tiny: TinyProject) -> tuple[int, list[int]]:
