@@ -241,8 +241,9 @@ async def run_load(
                 async with slots:
                     flag = await call(session, user, parts)
             latencies.append((time.perf_counter() - due) * 1000)
-            if flag:
-                flags[flag] = flags.get(flag, 0) + 1
+            for f in (flag or "").split(";"):
+                if f:
+                    flags[f] = flags.get(f, 0) + 1
         except Exception as exc:  # noqa: BLE001 - every failure is counted, by kind
             kind = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
             kinds[kind] = kinds.get(kind, 0) + 1
@@ -278,11 +279,12 @@ def specrec_call(url: str) -> Call:
     """POST /recommend {user_id, k} to the specrec scorer."""
 
     async def call(session: aiohttp.ClientSession, user: int, parts: dict[str, list[float]]) -> str | None:
-        """One /recommend; 'degraded' or 'cold_start' when the answer says so."""
+        """One /recommend; flags: full, degraded or cold_start, and the answering bundle."""
         out = await post_json(session, f"{url}/recommend", {"user_id": user, "k": K})
         if "items" not in out:
             raise HTTPStatusError(f"no items in answer: {str(out)[:200]}")
-        return "degraded" if out.get("degraded") else "cold_start" if out.get("cold_start") else None
+        kind = "degraded" if out.get("degraded") else "cold_start" if out.get("cold_start") else "full"
+        return f"{kind};bundle={out.get('bundle_id')}"
 
     return call
 
@@ -366,17 +368,21 @@ def _bucket_bound(buckets: list[tuple[float, float]], rank: float) -> float | No
 # ---------------------------------------------------------------------------------------- variants
 
 
+def serving_bundle() -> str:
+    """bundle_id of specrec-bundle@serving right now."""
+    import mlflow
+
+    mlflow.set_tracking_uri(TRACKING_URI)
+    version = mlflow.MlflowClient().get_model_version_by_alias("specrec-bundle", "serving")
+    return str(version.tags["bundle_id"])
+
+
 def serving_inputs() -> tuple[list[int], str, dict[int, tuple[list[int], list[int]]], int]:
     """User ids, the serving bundle id, each user's item_idx/timestamp history, and the FM's max_len."""
     import pandas as pd
     import yaml
 
-    import mlflow
-
-    mlflow.set_tracking_uri(TRACKING_URI)
-    bundle_id = (
-        mlflow.MlflowClient().get_model_version_by_alias("specrec-bundle", "serving").tags["bundle_id"]
-    )
+    bundle_id = serving_bundle()
     users = pd.read_parquet(ROOT / "data" / "prepared" / "users.parquet")
     seqs = pd.read_parquet(ROOT / "data" / "prepared" / "sequences.parquet").set_index("user_idx")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -606,6 +612,7 @@ async def amain(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     results: dict[str, Any] = {
         "command": shlex.join(["python", "benchmarks/serving.py", *argv]),
         "machine": machine(),
+        "serving_bundle_at_start": inputs[1],
     }
     commands, stages, parts = {}, {}, {}
     for variant in args.variants:
@@ -617,6 +624,9 @@ async def amain(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             res.pop("_parts"),
         )
         results[variant] = res
+    results["serving_bundle_at_end"] = serving_bundle()
+    if results["serving_bundle_at_end"] != inputs[1]:
+        results["warning"] = "specrec-bundle@serving moved during the run: the figures mix bundles"
     results.update(ratios(results, args.loads))
     results["setup"] = {
         "endpoint": "POST /recommend {user_id, k: 10}; server retrieves 200 candidates (default)",
