@@ -577,13 +577,8 @@ class Problems:
             + (f" (first {MAX_IDS})" if count > len(ids) else "")
             for reason, (ids, count) in self.found.items()
         ]
-        state = (
-            "nothing was written"
-            if not written
-            else f"this batch was not written ({written} earlier rows were)"
-        )
         raise OnlineWriteError(
-            f"{view}: refused {total} row(s), {state}:\n" + "\n".join(lines) + "\n"
+            f"{view}: refused {total} row(s), {_written_state(written)}:\n" + "\n".join(lines) + "\n"
             "Fix or drop these rows and write again (writes are upserts, so rerunning is safe).",
             self.found,
         )
@@ -595,22 +590,30 @@ def _entity_id(values: tuple[Any, ...]) -> Any:
     return plain[0] if len(plain) == 1 else plain
 
 
-def check_columns(frame: pd.DataFrame, plan: Plan) -> None:
-    """Refuse a frame whose columns are not exactly the view's keys, features and timestamp(s)."""
+def column_problem(frame: pd.DataFrame, plan: Plan) -> str | None:
+    """What is wrong with the frame's columns (not exactly the view's keys, features, timestamps), if any."""
     expected = plan.columns
     missing = [c for c in expected if c not in frame.columns]
     extra = [c for c in frame.columns if c not in expected]
     if missing or extra:
-        raise OnlineWriteError(
+        return (
             f"{plan.view}: the frame is missing columns {missing} and has unexpected columns {extra}; "
-            f"it must have exactly {expected} (rename or drop columns; nothing was written)."
+            f"it must have exactly {expected} (rename or drop columns)"
         )
     ts = frame[plan.ts_column].dtype
-    if not (isinstance(ts, pd.DatetimeTZDtype)):
-        raise OnlineWriteError(
+    if not isinstance(ts, pd.DatetimeTZDtype):
+        return (
             f"{plan.view}: column {plan.ts_column!r} has dtype {ts}; it must be tz-aware "
-            "(e.g. pd.to_datetime(values, utc=True) or .dt.tz_localize('UTC')); nothing was written."
+            "(e.g. pd.to_datetime(values, utc=True) or .dt.tz_localize('UTC'))"
         )
+    return None
+
+
+def _written_state(written: int) -> str:
+    """What an error left in the store."""
+    return (
+        "nothing was written" if not written else f"this batch was not written ({written} earlier rows were)"
+    )
 
 
 def check_rows(frame: pd.DataFrame, plan: Plan, problems: Problems, duplicates: bool = True) -> None:
@@ -908,11 +911,17 @@ class FeastWriter:
         """Nothing to release."""
 
 
+def _is_sqlite(store: FeatureStore) -> bool:
+    """Whether the online store is Feast's SQLite store."""
+    kind = getattr(store.config.online_store, "type", "")
+    return kind == "sqlite" or kind.endswith("SqliteOnlineStore")
+
+
 def open_writer(store: FeatureStore, plan: Plan) -> SqliteWriter | RedisWriter | FeastWriter:
     """The fast writer for the store's online store type, else Feast's own."""
     online = store.config.online_store
     kind = getattr(online, "type", "")
-    if kind == "sqlite" or kind.endswith("SqliteOnlineStore"):
+    if _is_sqlite(store):
         if getattr(online, "vector_enabled", False):
             log.warning("sqlite online store has vector_enabled; writing through Feast (slow path)")
             return FeastWriter(store, plan)
@@ -950,9 +959,13 @@ def write_online(
     whole = isinstance(frame, pd.DataFrame)
     if whole:
         _validate_whole(frame, plan, batch_rows)
-    frames = [frame] if whole else frame
     started = time.perf_counter()
-    written = _write_all(store, plan, frames, batch_rows, progress, total=len(frame) if whole else None)
+    if whole:
+        order = key_order(frame, plan.keys, plan.key_version) if _is_sqlite(store) else None
+        parts = _slices(frame, batch_rows, order)
+    else:
+        parts = chain.from_iterable(_slices(f, batch_rows) for f in frame)
+    written = _write_all(store, plan, parts, progress, total=len(frame) if whole else None)
     _refresh_precomputed(store, plan.view)
     seconds = time.perf_counter() - started
     log.info(
@@ -961,15 +974,43 @@ def write_online(
     return written
 
 
-def _slices(frame: pd.DataFrame, batch_rows: int) -> Iterator[pd.DataFrame]:
-    """Consecutive row slices of at most batch_rows."""
+def _slices(frame: pd.DataFrame, batch_rows: int, order: np.ndarray | None = None) -> Iterator[pd.DataFrame]:
+    """Consecutive row slices of at most batch_rows (taken in `order` if given)."""
     for start in range(0, len(frame), batch_rows):
-        yield frame.iloc[start : start + batch_rows]
+        yield (
+            frame.iloc[start : start + batch_rows]
+            if order is None
+            else frame.iloc[order[start : start + batch_rows]]
+        )
+
+
+def key_order(frame: pd.DataFrame, keys: list[tuple[str, str]], version: int = 3) -> np.ndarray:
+    """Row positions that sort the frame by its serialized entity keys (the online table's key order)."""
+    buf, lens = encode_entity_keys(frame[[k for k, _ in keys]], keys, version)
+    if len(lens) and lens.min() == lens.max():
+        fixed = np.ascontiguousarray(buf).view(f"S{int(lens[0])}")  # equal lengths: bytes order = memcmp
+        return np.argsort(fixed, kind="stable")
+    serialized = _split((buf, lens))
+    return np.array(sorted(range(len(serialized)), key=serialized.__getitem__), dtype=np.int64)
+
+
+def in_key_order(store: FeatureStore, feature_view: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame's rows in the order of Feast's serialized entity keys of the view.
+
+    Feast serializes int64 ids little-endian, so ascending ids are scattered over the SQLite index; a
+    stream of batches in this order fills it front to back, about 3x faster at 1M rows. `frame` needs
+    only the join-key columns (e.g. order the item ids before computing and streaming their rows).
+    DataFrames given whole to write_online are put in this order automatically.
+    """
+    plan = plan_for(store, feature_view, None)
+    return frame.iloc[key_order(frame, plan.keys, plan.key_version)]
 
 
 def _validate_whole(frame: pd.DataFrame, plan: Plan, batch_rows: int) -> None:
     """Check every row of a DataFrame (slice by slice, to bound memory) before anything is written."""
-    check_columns(frame, plan)
+    problem = column_problem(frame, plan)
+    if problem:
+        raise OnlineWriteError(f"{problem}; {_written_state(0)}.")
     problems = Problems([k for k, _ in plan.keys])
     names = [k for k, _ in plan.keys]
     problems.add("duplicate entity key within the frame", frame, _duplicates(frame, names))
@@ -979,12 +1020,7 @@ def _validate_whole(frame: pd.DataFrame, plan: Plan, batch_rows: int) -> None:
 
 
 def _write_all(
-    store: FeatureStore,
-    plan: Plan,
-    frames: Iterable[pd.DataFrame],
-    batch_rows: int,
-    progress: bool,
-    total: int | None,
+    store: FeatureStore, plan: Plan, parts: Iterable[pd.DataFrame], progress: bool, total: int | None
 ) -> int:
     """Validate (streams), encode and write each batch; return the rows written."""
     from tqdm import tqdm
@@ -993,7 +1029,7 @@ def _write_all(
     with tqdm(total=total, unit="rows", desc=plan.view, disable=not progress) as bar:
         ahead = OneAhead(bar.update)
         try:
-            for part in chain.from_iterable(_slices(f, batch_rows) for f in frames):
+            for part in parts:
                 part = part.reset_index(drop=True)
                 if total is None:
                     _validate_batch(part, plan, ahead)
@@ -1042,7 +1078,9 @@ class OneAhead:
 
 def _validate_batch(part: pd.DataFrame, plan: Plan, ahead: OneAhead) -> None:
     """Check one streamed batch before it is written (the error counts the rows already written)."""
-    check_columns(part, plan)
+    problem = column_problem(part, plan)
+    if problem:
+        raise OnlineWriteError(f"{problem}; {_written_state(ahead.settle())}.")
     problems = Problems([k for k, _ in plan.keys])
     check_rows(part, plan, problems)
     if problems.found:

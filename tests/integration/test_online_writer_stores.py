@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from specrec.nearline.online_writer import OnlineWriteError, write_online
+from specrec.nearline.online_writer import OnlineWriteError, in_key_order, write_online
 from tests.conftest import require
 
 pytestmark = pytest.mark.integration
@@ -226,6 +226,19 @@ def test_stream_of_frames_is_written_batch_by_batch(tmp_path: Path) -> None:
     with pytest.raises(OnlineWriteError, match=r"this batch was not written \(80 earlier rows were\)"):
         write_online(other, "item_repr", stream(), batch_rows=40, progress=False)
     assert len(table_dump(other)) == 80 * len(FEATURES)
+    renamed = iter([parts[3], parts[4].rename(columns={"score": "scores"})])
+    with pytest.raises(OnlineWriteError, match=r"missing columns \['score'\].*\(40 earlier rows were\)"):
+        write_online(other, "item_repr", renamed, progress=False)
+
+
+def test_in_key_order_is_the_tables_order(tmp_path: Path) -> None:
+    store = sqlite_store(tmp_path / "repo")
+    frame = items(64)
+    write_online(store, "item_repr", frame, progress=False)
+    by_key = table_dump(store)[:: len(FEATURES)]  # one row per entity, in entity_key order
+    stored_ids = [int.from_bytes(row[0][-8:], "little", signed=True) for row in by_key]
+    assert stored_ids != sorted(stored_ids)  # little-endian keys: not the numeric order
+    assert in_key_order(store, "item_repr", frame[["item_id"]]).item_id.tolist() == stored_ids
 
 
 def test_other_online_stores_go_through_feast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -125,6 +125,23 @@ def test_entity_keys_are_feast_bytes(keys: list[tuple[str, str]]) -> None:
     assert ow._split(ow.encode_entity_keys(frame, keys)) == entity_key_bytes(frame, keys)
 
 
+@pytest.mark.parametrize(
+    "keys", [[("item_id", "INT64")], [("item_id", "INT64"), ("bundle_id", "STRING")], [("name", "STRING")]]
+)
+def test_key_order_is_the_serialized_key_order(keys: list[tuple[str, str]]) -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "item_id": rng.integers(-(2**40), 2**40, 500),
+            "bundle_id": rng.choice(["b1", "b2", "bundle-3"], 500),
+            "name": [str(x) for x in rng.integers(0, 10**6, 500)],  # ragged lengths
+        }
+    )
+    serialized = entity_key_bytes(frame[[k for k, _ in keys]], keys)
+    order = ow.key_order(frame, keys)
+    assert [serialized[i] for i in order] == sorted(serialized)
+
+
 def test_entity_keys_of_other_types_use_feast() -> None:
     frame = pd.DataFrame({"code": [b"\x01", b"\x02\x03"]})
     assert ow._split(ow.encode_entity_keys(frame, [("code", "BYTES")])) == entity_key_bytes(
