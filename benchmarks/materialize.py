@@ -4,7 +4,7 @@ For 10k, 100k and 1M synthetic items (64-dim float32 embedding, a semantic-ID In
 a bundle_id string, all at one event time) written to a parquet file, each (store, size, method) runs in
 a fresh subprocess on a freshly applied Feast repo:
 
-- specrec: `write_online` over the parquet read in streamed batches (`--batch-rows`),
+- specrec: `write_online` over the parquet read in streamed batches (`--batch-rows`), in file order,
 - feast: `FeatureStore.materialize(start, end)` with explicit dates over a FileSource on the same parquet
   (stock settings: Feast's local engine, one online write batch).
 
@@ -16,7 +16,11 @@ each measurement and stopped at the end; its own memory is not in the RSS figure
 exceeds `--feast-timeout` or `--max-rss-mb` is killed and its throughput extrapolated from the largest
 finished size, labelled as such in the JSON. Writes benchmarks/results/materialize.json.
 
-    python benchmarks/materialize.py                                   # everything (about 30 min)
+The parquet lists items by ascending id. Feast serializes int64 ids little-endian, so that order is
+scattered over SQLite's index; `--sqlite-key-ordered` adds a `sqlite_key_ordered` section whose parquet
+lists the items in the stored key order instead (what `in_key_order` gives a flow), for both methods.
+
+    python benchmarks/materialize.py --sqlite-key-ordered              # everything (about 45 min)
     python benchmarks/materialize.py --sizes 10000 --stores sqlite --out /tmp/materialize.json
 """
 
@@ -63,14 +67,20 @@ VIEW = "item_repr"
 # ----------------------------------------------------------------------------- data
 
 
-def write_parquet(path: Path, n: int, seed: int = 0) -> None:
-    """n synthetic items, written in chunks so memory stays small."""
+def write_parquet(path: Path, n: int, key_ordered: bool = False, seed: int = 0) -> None:
+    """n synthetic items in id order (or in the online table's key order), written in chunks."""
+    import pandas as pd
     import pyarrow.parquet as pq
 
+    from specrec.nearline.online_writer import key_order
+
+    ids = np.arange(n, dtype=np.int64)
+    if key_ordered:  # what in_key_order gives: Feast's serialized (little-endian) key order
+        ids = ids[key_order(pd.DataFrame({"item_id": ids}), [("item_id", "INT64")])]
     rng = np.random.default_rng(seed)
     writer = None
     for start in range(0, n, PARQUET_CHUNK):
-        table = _chunk(rng, start, min(PARQUET_CHUNK, n - start))
+        table = _chunk(rng, ids[start : start + PARQUET_CHUNK])
         writer = writer or pq.ParquetWriter(path, table.schema)
         writer.write_table(table, row_group_size=PARQUET_CHUNK)
     if writer:
@@ -78,15 +88,16 @@ def write_parquet(path: Path, n: int, seed: int = 0) -> None:
     assert pq.ParquetFile(path).metadata.num_rows == n
 
 
-def _chunk(rng: np.random.Generator, start: int, m: int) -> Any:
-    """Rows start..start+m as an Arrow table."""
+def _chunk(rng: np.random.Generator, ids: np.ndarray) -> Any:
+    """The rows of these item ids as an Arrow table."""
     import pyarrow as pa
 
+    m = len(ids)
     embedding = rng.standard_normal((m, DIM)).astype(np.float32)  # (m, DIM)
     codes = rng.integers(0, CODEBOOK, (m, SEMANTIC_LEVELS)).astype(np.int64)  # (m, levels)
     return pa.table(
         {
-            "item_id": pa.array(np.arange(start, start + m, dtype=np.int64)),
+            "item_id": pa.array(ids),
             "embedding": pa.ListArray.from_arrays(
                 np.arange(0, m * DIM + 1, DIM, dtype=np.int32), embedding.ravel()
             ),
@@ -241,9 +252,11 @@ class RedisServer:
 # ----------------------------------------------------------------------------- driver
 
 
-def measure(args: argparse.Namespace, work: Path, store: str, n: int, method: str, port: int | None) -> dict:
+def measure(
+    args: argparse.Namespace, work: Path, store: str, parquet: Path, method: str, port: int | None
+) -> dict:
     """Run one measurement in a fresh subprocess; {"killed": why} if it hit its time or memory limit."""
-    run_dir = Path(tempfile.mkdtemp(prefix=f"{store}-{n}-{method}-", dir=work))
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{store}-{parquet.stem}-{method}-", dir=work))
     result = run_dir / "result.json"
     cmd = [
         sys.executable,
@@ -256,11 +269,11 @@ def measure(args: argparse.Namespace, work: Path, store: str, n: int, method: st
         "--result",
         str(result),
     ]
-    cmd += ["--parquet", str(work / f"items-{n}.parquet"), "--repo", str(run_dir / "repo")]
-    cmd += ["--batch-rows", str(args.batch_rows)] + (["--redis-port", str(port)] if port else [])
+    cmd += ["--parquet", str(parquet), "--repo", str(run_dir / "repo"), "--batch-rows", str(args.batch_rows)]
+    cmd += ["--redis-port", str(port)] if port else []
     limit = args.feast_timeout if method == "feast" else args.specrec_timeout
     load = os.getloadavg()[0]
-    print(f"  {store:6s} {n:>9,d} {method:8s} ... ", end="", flush=True)
+    print(f"  {store:6s} {parquet.stem:26s} {method:8s} ... ", end="", flush=True)
     try:
         killed = run_watched(cmd, limit, args.max_rss_mb)
     finally:
@@ -272,7 +285,7 @@ def measure(args: argparse.Namespace, work: Path, store: str, n: int, method: st
     rate = out["rows"] / out["seconds"]
     print(f"{out['seconds']:8.1f} s {rate:>10,.0f} rows/s {out['peak_rss_mb']:7.0f} MB (load {load:.1f})")
     if not out["verified"]:
-        sys.exit(f"{method} on {store} at {n}: get_online_features did not return what was written")
+        sys.exit(f"{method} on {store}, {parquet.stem}: get_online_features did not return what was written")
     return out
 
 
@@ -386,6 +399,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="numbers of items")
     p.add_argument("--stores", nargs="+", choices=STORES, default=list(STORES), help="online stores")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="writers to compare")
+    p.add_argument(
+        "--sqlite-key-ordered",
+        action="store_true",
+        help="also run SQLite on a parquet in the online table's key order (in_key_order)",
+    )
     p.add_argument("--batch-rows", type=int, default=50_000, help="rows per specrec write batch")
     p.add_argument("--feast-timeout", type=float, default=600, help="seconds before a stock run is killed")
     p.add_argument(
@@ -409,14 +427,12 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("FEAST_USAGE", "False")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="specrec-materialize-"))
     work.mkdir(parents=True, exist_ok=True)
-    for n in args.sizes:
-        path = work / f"items-{n}.parquet"
-        if not path.exists():
-            write_parquet(path, n)
+    variants = [(store, store, False) for store in args.stores]  # (label, store, key-ordered input)
+    variants += [("sqlite_key_ordered", "sqlite", True)] if args.sqlite_key_ordered else []
     results: dict[str, Any] = {}
     try:
-        for store in args.stores:
-            results[store] = run_store(args, work, store)
+        for label, store, key_ordered in variants:
+            results[label] = run_store(args, work, store, key_ordered)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -425,20 +441,23 @@ def main(argv: list[str] | None = None) -> None:
     results["settings"] = {"dim": DIM, "semantic_levels": SEMANTIC_LEVELS, "batch_rows": args.batch_rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print_table(results, args.stores)
+    print_table(results, [label for label, _, _ in variants])
 
 
-def run_store(args: argparse.Namespace, work: Path, store: str) -> dict[str, dict]:
+def run_store(args: argparse.Namespace, work: Path, store: str, key_ordered: bool) -> dict[str, dict]:
     """Every size and method on one store (a Redis server of its own for the redis store)."""
     server = RedisServer(work) if store == "redis" else None
     runs: dict[int, dict[str, dict]] = {}
     try:
         for n in sorted(args.sizes):
+            parquet = work / (f"items-{n}-key-ordered.parquet" if key_ordered else f"items-{n}.parquet")
+            if not parquet.exists():
+                write_parquet(parquet, n, key_ordered)
             runs[n] = {}
             for method in args.methods:
                 if server:
                     server.flush()
-                runs[n][method] = measure(args, work, store, n, method, server.port if server else None)
+                runs[n][method] = measure(args, work, store, parquet, method, server.port if server else None)
     finally:
         if server:
             server.stop()
@@ -447,7 +466,7 @@ def run_store(args: argparse.Namespace, work: Path, store: str) -> dict[str, dic
 
 def print_table(results: dict[str, Any], stores: list[str]) -> None:
     """The results as a fixed-width table."""
-    head = f"{'store':7s}{'items':>10s}{'specrec/s':>12s}{'feast/s':>11s}{'speedup':>9s}{'specrec s':>11s}"
+    head = f"{'store':20s}{'items':>10s}{'specrec/s':>12s}{'feast/s':>11s}{'speedup':>9s}{'specrec s':>11s}"
     print("\n" + head + f"{'RSS MB (ours/feast)':>22s}")
     for store in stores:
         for n, e in results[store].items():
@@ -455,7 +474,7 @@ def print_table(results: dict[str, Any], stores: list[str]) -> None:
             stock = f"{feast_rate:,}" + ("*" if "feast_rows_per_s_note" in e else "") if feast_rate else "-"
             rss = f"{e.get('specrec_peak_rss_mb', '-')}/{e.get('feast_peak_rss_mb') or '-'}"
             print(
-                f"{store:7s}{int(n):>10,d}{e.get('specrec_rows_per_s', 0):>12,}{stock:>11s}"
+                f"{store:20s}{int(n):>10,d}{e.get('specrec_rows_per_s', 0):>12,}{stock:>11s}"
                 f"{e.get('speedup', 0):>9.1f}{e.get('specrec_seconds', 0):>11.1f}{rss:>22s}"
             )
     print("* extrapolated, see feast_rows_per_s_note in the JSON")
