@@ -44,10 +44,22 @@ def resolve_bundle(params: str, bundle: str) -> dict[str, Any]:
 def write_items(params: str, as_of: str, bundle: dict[str, Any]) -> dict[str, Any]:
     """Materialize the bundle's item rows known at as_of (complete or incremental)."""
     from specrec.nearline.store import open_store
+    from specrec.nearline.user_state import update_user_state
 
     cfg, client = setup(params)
+    store = open_store(cfg)
+
+    def user_states(b: bundles.Bundle) -> None:
+        """A new bundle's user states are written before it can serve (the scorer needs both)."""
+        update_user_state(cfg, as_of, b, store)
+
     result = materialize_items(
-        cfg, as_of, bundles.Bundle(bundle["parts"], bundle["version"]), open_store(cfg), client
+        cfg,
+        as_of,
+        bundles.Bundle(bundle["parts"], bundle["version"]),
+        store,
+        client,
+        before_serving=user_states,
     )
     metrics = {
         "rows_written": result.rows_written,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -158,8 +158,13 @@ def materialize_items(
     store: FeatureStore,
     client: MlflowClient,
     progress: bool = True,
+    before_serving: Callable[[bundles.Bundle], object] | None = None,
 ) -> MaterializeResult:
-    """Write the bundle's item rows known at as_of; mark it complete; move serving to it if it is newer."""
+    """Write the bundle's item rows known at as_of; mark it complete; move serving to it if it is newer.
+
+    `before_serving(bundle)` runs after the last item row and before the alias can move (the flow writes
+    the bundle's user states there), so the scorer only ever swaps to a bundle whose rows are all in.
+    """
     when = to_utc(as_of)
     items = read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet", "prepared items")
     known = known_items(items, when)
@@ -183,6 +188,8 @@ def materialize_items(
         bundles.tag(
             client, bundle, complete="true", materialized_as_of=when.isoformat(), items=str(len(known))
         )
+    if before_serving is not None and mode != "noop":
+        before_serving(bundle)
     promoted = _maybe_promote(client, bundle)
     result = MaterializeResult(
         when.isoformat(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import mlflow
 from models.scorer import ThinScorer
@@ -17,6 +18,9 @@ from specrec.online.service import Scorer
 from specrec.online.serving_state import ServingState, build_state
 from specrec.online.train_scorer import load_registered
 from specrec.tracking import use_project_store
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,7 @@ def _scorer(bundle: bundles.Bundle) -> ThinScorer | None:
         ) from None
 
 
-def _state(cfg: Config, store, bundle: bundles.Bundle) -> ServingState:  # type: ignore[no-untyped-def]
+def _state(cfg: Config, store: FeatureStore, bundle: bundles.Bundle) -> ServingState:
     """Build the serving state of a bundle from the project's catalogue and users."""
     catalogue = read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet", "prepared items")
     users = read_parquet(cfg.path(cfg.paths.prepared) / "users.parquet", "prepared users")

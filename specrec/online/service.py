@@ -14,11 +14,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from fastapi import FastAPI, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -119,6 +121,8 @@ class Scorer:
         self.store, self.state = store, state
         self.candidates, self.deadline_s, self.parallel = candidates, deadline_s, parallel
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="specrec-io")
+        # A request's model is tiny: torch's intra-op threads would only spin against the I/O threads.
+        torch.set_num_threads(1)
         self.metrics = Metrics()
         self._show_bundle()
 
@@ -199,7 +203,8 @@ class Scorer:
         else:
             rows = await loop.run_in_executor(self.pool, self._retrieve, state, query, n)
             user = await self._user_side(state, req.user_id)
-        return self._rank(state, req, user, query, rows, t0)
+        # scoring is CPU work: off the event loop, so one request's model does not stall the others
+        return await loop.run_in_executor(self.pool, self._rank, state, req, user, query, rows, t0)
 
     def _rank(
         self,
@@ -271,7 +276,7 @@ def create_app(scorer: Scorer, watcher: Any | None = None) -> FastAPI:
     """The HTTP app around a Scorer; `watcher` is an optional coroutine function run in the background."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(watcher()) if watcher else None
         yield
         if task:

@@ -128,8 +128,14 @@ def score(
     e = state.embeddings[rows]  # (C, D)
     if state.scorer is None:
         return e @ user_vec
-    hit = np.asarray([int(state.item_ids[r]) in pair for r in rows], dtype=np.float32)
-    p = np.stack([pair.get(int(state.item_ids[r]), np.zeros(state.dim, np.float32)) for r in rows])
+    p = np.zeros_like(
+        e
+    )  # (C, D): rows without a precomputed pair stay zero (the scorer uses its miss vector)
+    hit = np.zeros(len(rows), dtype=np.float32)
+    if pair:
+        ids = state.item_ids[rows]
+        for k in np.flatnonzero(np.isin(ids, np.fromiter(pair, dtype=np.int64))):
+            p[k], hit[k] = pair[int(ids[k])], 1.0
     with torch.no_grad():
         out = state.scorer(
             torch.from_numpy(user_vec)[None],

@@ -24,9 +24,11 @@ from safetensors.torch import load_file, save_file
 
 import mlflow
 from models.evaluate import metrics_from_ranks
+from models.hstu import HSTU
 from models.scorer import DistillBatch, ScorerConfig, ThinScorer, distill
 from specrec.clock import to_utc
 from specrec.config import Config, parse_duration
+from specrec.errors import SpecrecError
 from specrec.io import read_parquet
 from specrec.nearline.materialize import load_fm
 from specrec.online.distill_data import build_examples
@@ -101,7 +103,7 @@ def holdout_metrics(model: ThinScorer, d: DistillBatch) -> dict[str, float]:
         "full_fm": d.teacher,
         "retrieval": (d.u.unsqueeze(1) * d.e).sum(-1),
     }
-    out = {}
+    out: dict[str, float] = {}
     for name, scores in variants.items():
         m = metrics_from_ranks(_ranks(scores, d.label), (10,))
         out |= {f"{name}_ndcg@10": m["ndcg@10"], f"{name}_hr@10": m["hr@10"]}
@@ -114,10 +116,13 @@ def train_scorer(cfg: Config, as_of: object) -> dict[str, Any]:
     client = mlflow.MlflowClient()
     fm_version = alias_version(client, "specrec-fm", CHAMPION)
     if fm_version is None:
-        from specrec.errors import SpecrecError
-
         raise SpecrecError("no specrec-fm@champion in the MLflow registry: train the FM first (`dvc repro`).")
     fm = load_fm(fm_version)
+    if not isinstance(fm, HSTU):
+        raise SpecrecError(
+            f"specrec-fm v{fm_version} is a {type(fm).__name__}; the scorer distils from an HSTU FM "
+            "(its pair representations are the teacher). Set fm.model: hstu and retrain."
+        )
     events = read_parquet(cfg.path(cfg.paths.prepared) / "interactions.parquet", "prepared interactions")
     items = read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet", "prepared items")
     data = build_examples(

@@ -56,8 +56,10 @@ def test_flows_complete_and_are_idempotent(tiny: TinyProject, harness: None) -> 
     assert len(_runs(tiny, "item_stats")) == n_stats_runs == 1
 
     user_state = update_user_state(as_of=as_of, params=params, return_state=True)
-    assert user_state.is_completed()
-    assert user_state.result()["rows_written"] > 0 and user_state.result()["bundle_id"] == serving.bundle_id
+    assert user_state.is_completed() and user_state.result()["bundle_id"] == serving.bundle_id
+    # a bundle's user states are written before it serves; this run adds only users with newer events
+    if result["mode"] == "complete":
+        assert user_state.result()["rows_written"] == 0
 
     events = pd.read_parquet(tiny.cfg.path(tiny.cfg.paths.prepared) / "interactions.parquet")
     known = events[events["timestamp"] < pd.Timestamp(as_of)]
