@@ -218,10 +218,14 @@ class Scorer:
         """Score the candidates and cut to k."""
         t = time.perf_counter()
         if req.exclude_seen and user.seen:
-            rows = rows[[int(state.item_ids[r]) not in user.seen for r in rows]]
+            rows = rows[~np.isin(state.item_ids[rows], np.fromiter(user.seen, dtype=np.int64))]
         vec = user.vector if user.vector is not None else query
         scores = score(state, vec, rows, user.pairs)
-        hits = sum(int(state.item_ids[r]) in user.pairs for r in rows)
+        hits = (
+            int(np.isin(state.item_ids[rows], np.fromiter(user.pairs, dtype=np.int64)).sum())
+            if user.pairs
+            else 0
+        )
         self.metrics.speculative.labels("hit").inc(hits)
         self.metrics.speculative.labels("miss").inc(len(rows) - hits)
         top = np.argsort(-scores, kind="stable")[: req.k]
