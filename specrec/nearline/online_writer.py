@@ -30,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import chain
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -42,8 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Rows = tuple[np.ndarray, np.ndarray]  # (flat uint8 bytes, per-row byte count)
-Frames = pd.DataFrame | Iterable[pd.DataFrame]
+Rows: TypeAlias = tuple[np.ndarray, np.ndarray]  # (flat uint8 bytes, per-row byte count)
+Frames: TypeAlias = pd.DataFrame | Iterable[pd.DataFrame]
 
 MAX_IDS = 20  # entity ids named in an error
 _SCATTER_BYTES = 1 << 22  # bytes moved per index array in _concat (bounds that array to 32 MB)
@@ -161,7 +161,7 @@ def _split(rows: Rows) -> list[bytes]:
 def _concat(*parts: Rows) -> Rows:
     """Row-wise concatenation: row i of the result is row i of every part, in order."""
     n = len(parts[0][1])
-    lens = np.sum([p[1] for p in parts], axis=0, dtype=np.int64) if parts else np.zeros(0, np.int64)
+    lens = np.asarray(np.sum([p[1] for p in parts], axis=0), dtype=np.int64)
     if n and all(p[1].min() == p[1].max() for p in parts):
         return _concat_fixed(parts, n), lens
     ends = np.cumsum(lens)
@@ -739,7 +739,12 @@ class SqliteWriter:
         rows: list[list[int | str]] = []  # per feature: each column as a parameter slot or an SQL literal
         for name in sorted(batch.features):
             enc = batch.features[name]
-            row = [key, _literal(name), bind(_split(enc.values)), bind_unless_null(enc.texts)]
+            row: list[int | str] = [
+                key,
+                _literal(name),
+                bind(_split(enc.values)),
+                bind_unless_null(enc.texts),
+            ]
             rows.append(row + ([bind_unless_null(enc.nums)] if self.with_num else []) + [event_ts, created])
         return self._statements(np.stack(params, axis=1), rows)
 
@@ -956,16 +961,14 @@ def write_online(
     if batch_rows < 1:
         raise OnlineWriteError(f"batch_rows = {batch_rows} must be at least 1.")
     plan = plan_for(store, feature_view, vector_dims)
-    whole = isinstance(frame, pd.DataFrame)
-    if whole:
-        _validate_whole(frame, plan, batch_rows)
     started = time.perf_counter()
-    if whole:
+    if isinstance(frame, pd.DataFrame):
+        _validate_whole(frame, plan, batch_rows)
         order = key_order(frame, plan.keys, plan.key_version) if _is_sqlite(store) else None
-        parts = _slices(frame, batch_rows, order)
+        written = _write_all(store, plan, _slices(frame, batch_rows, order), progress, total=len(frame))
     else:
         parts = chain.from_iterable(_slices(f, batch_rows) for f in frame)
-    written = _write_all(store, plan, parts, progress, total=len(frame) if whole else None)
+        written = _write_all(store, plan, parts, progress, total=None)
     _refresh_precomputed(store, plan.view)
     seconds = time.perf_counter() - started
     log.info(
