@@ -124,6 +124,19 @@ def check_rows(frame: pd.DataFrame, dim: int) -> None:
         )
 
 
+def check_table(model: RecModel, items: pd.DataFrame) -> None:
+    """Refuse the whole write when any item's embedding is not finite, naming the items (nothing written)."""
+    with torch.no_grad():
+        rows = model.item_embeddings()[torch.from_numpy(items["item_idx"].to_numpy(np.int64))]  # (N, D)
+    bad = ~torch.isfinite(rows).all(dim=1).numpy()
+    if bad.any():
+        ids = items.loc[bad, "item_id"].tolist()
+        raise SpecrecError(
+            f"{len(ids)} item embeddings are not finite (item_id {ids[:20]}{' ...' if len(ids) > 20 else ''}); "
+            "nothing was written. The model produced bad values: check its checkpoint, then rerun."
+        )
+
+
 def write_batch(
     store: FeatureStore, frame: pd.DataFrame, history_path: Any, batch_rows: int, view: str = VIEW
 ) -> None:
@@ -173,6 +186,7 @@ def materialize_items(
     if len(todo):
         model = load_fm(bundle.fm_version)
         dim = int(model.item_embeddings().shape[1])
+        check_table(model, todo)  # every item checked before the first row is written
         folder = offline_dir(store, VIEW) / f"bundle={bundle.bundle_id}"
         batches = item_batches(model, todo, bundle.bundle_id, when, cfg.feast.write_batch_rows)
         n_batches = -(-len(todo) // cfg.feast.write_batch_rows)

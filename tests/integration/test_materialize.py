@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import mlflow
 from specrec.clock import ReplayClock
@@ -155,3 +156,17 @@ def test_incomplete_bundle_cannot_serve(tiny: TinyProject) -> None:
     with pytest.raises(SpecrecError, match="not completely materialized"):
         bundles.promote_serving(client, bundle)
     assert bundles.register(client, parts, _exp(tiny)).version == bundle.version  # registering is idempotent
+
+
+def test_non_finite_model_output_writes_nothing(tiny: TinyProject) -> None:
+    from specrec.nearline.materialize import check_table
+
+    model = load_fm(tiny.fm.version)
+    items = _items(tiny).head(50)
+    check_table(model, items)
+    with torch.no_grad():
+        model.item_emb.ids.weight[int(items["item_idx"].iloc[7])] = float("nan")
+    with pytest.raises(
+        SpecrecError, match=rf"1 item embeddings are not finite \(item_id \[{items['item_id'].iloc[7]}\]"
+    ):
+        check_table(model, items)
