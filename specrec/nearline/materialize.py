@@ -132,8 +132,9 @@ def check_table(model: RecModel, items: pd.DataFrame) -> None:
     if bad.any():
         ids = items.loc[bad, "item_id"].tolist()
         raise SpecrecError(
-            f"{len(ids)} item embeddings are not finite (item_id {ids[:20]}{' ...' if len(ids) > 20 else ''}); "
-            "nothing was written. The model produced bad values: check its checkpoint, then rerun."
+            f"{len(ids)} item embeddings are not finite "
+            f"(item_id {ids[:20]}{' ...' if len(ids) > 20 else ''}); nothing was written. "
+            "The model produced bad values: check its checkpoint, then rerun."
         )
 
 
