@@ -118,7 +118,9 @@ def distill(
             logits = model(data.u[idx], data.e[idx], data.p[idx], hit, data.s[idx])  # (b, C)
             soft = F.softmax(data.teacher[idx] / temperature, dim=-1)
             loss = F.kl_div(F.log_softmax(logits / temperature, -1), soft, reduction="batchmean")
-            loss = loss + label_weight * F.cross_entropy(logits, data.label[idx], ignore_index=-1)
+            chosen = data.label[idx] >= 0  # examples whose chosen item was retrieved
+            if chosen.any():  # (a batch with none would make the mean cross-entropy NaN)
+                loss = loss + label_weight * F.cross_entropy(logits[chosen], data.label[idx][chosen])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
