@@ -116,12 +116,7 @@ def check_rows(frame: pd.DataFrame, dim: int) -> None:
         ~np.isfinite(np.stack(emb[~wrong_dim].to_list())).all(axis=1) if (~wrong_dim).any() else False
     )
     if bad.any():
-        ids = frame.loc[bad, "item_id"].tolist()
-        raise SpecrecError(
-            f"{len(ids)} item embeddings are not finite {dim}-vectors (item_id {ids[:20]}"
-            f"{' ...' if len(ids) > 20 else ''}); nothing of this batch was written. The model "
-            "produced bad values: check its checkpoint, then rerun."
-        )
+        _refuse(frame.loc[bad, "item_id"].tolist(), f" {dim}-vectors", "nothing of this batch was written")
 
 
 def check_table(model: RecModel, items: pd.DataFrame) -> None:
@@ -130,12 +125,16 @@ def check_table(model: RecModel, items: pd.DataFrame) -> None:
         rows = model.item_embeddings()[torch.from_numpy(items["item_idx"].to_numpy(np.int64))]  # (N, D)
     bad = ~torch.isfinite(rows).all(dim=1).numpy()
     if bad.any():
-        ids = items.loc[bad, "item_id"].tolist()
-        raise SpecrecError(
-            f"{len(ids)} item embeddings are not finite "
-            f"(item_id {ids[:20]}{' ...' if len(ids) > 20 else ''}); nothing was written. "
-            "The model produced bad values: check its checkpoint, then rerun."
-        )
+        _refuse(items.loc[bad, "item_id"].tolist(), "", "nothing was written")
+
+
+def _refuse(ids: list[int], shape: str, written: str) -> None:
+    """The error for bad embeddings: how many, which items (first 20), what was written, what to do."""
+    raise SpecrecError(
+        f"{len(ids)} item embeddings are not finite{shape} "
+        f"(item_id {ids[:20]}{' ...' if len(ids) > 20 else ''}); "
+        f"{written}. The model produced bad values: check its checkpoint, then rerun."
+    )
 
 
 def write_batch(
