@@ -343,6 +343,87 @@ class ScorerTrainConfig:
         _require(0 <= self.hit_rate <= 1, "scorer.hit_rate", self.hit_rate, "a share in [0, 1]")
 
 
+LORA_METRICS = ("ndcg@10", "hr@10")
+
+
+@dataclass(frozen=True)
+class LoraDriftConfig:
+    """ADWIN (river.drift.ADWIN) over the per-event holdout error of each cycle; an alarm retrains the base."""
+
+    delta: float = 0.002  # ADWIN confidence: smaller = fewer false alarms, slower detection
+    clock: int = 1  # check for a change after every `clock` values (river's default 32 suits long streams)
+    min_window_length: int = 5  # smallest sub-window ADWIN compares
+    grace_period: int = 30  # values seen before the first check
+    state: str = "data/lora/drift.json"  # the detector's window and per-cycle decisions, kept across runs
+
+    def __post_init__(self) -> None:
+        _require(0 < self.delta < 1, "lora.drift.delta", self.delta, "a confidence in (0, 1)")
+        _require(1 <= self.clock <= 10_000, "lora.drift.clock", self.clock, "an integer in [1, 10000]")
+        _require(
+            1 <= self.min_window_length <= 100_000,
+            "lora.drift.min_window_length",
+            self.min_window_length,
+            "an integer >= 1",
+        )
+        _require(
+            0 <= self.grace_period <= 1_000_000,
+            "lora.drift.grace_period",
+            self.grace_period,
+            "an integer >= 0",
+        )
+        _require(bool(self.state), "lora.drift.state", self.state, "a file path")
+
+
+@dataclass(frozen=True)
+class LoraFinetuneConfig:
+    """The daily LoRA adapter on specrec-fm@champion and its gate (specrec/lora, flows/daily_lora_finetune)."""
+
+    target_modules: list[str] = field(default_factory=lambda: ["f1", "f2"])  # HSTU layer linears
+    r: int = 8  # LoRA rank
+    alpha: float = 16.0  # LoRA scaling numerator (update scale = alpha / r)
+    dropout: float = 0.05  # dropout on the LoRA branch input
+    new_item_rows: bool = True  # items first seen after the base's cutoff get trainable embedding rows
+    replay_share: float = 0.5  # share of training targets drawn from older history (experience replay)
+    min_events: int = 50  # a cycle with fewer new training events is skipped, with the reason logged
+    holdout_share: float = 0.2  # the newest share of the cycle's events: the gate's holdout
+    epochs: int = 5
+    lr: float = 0.003
+    weight_decay: float = 0.0
+    batch_size: int = 32  # windows per batch
+    warm_start: bool = True  # start from the champion adapter when it was trained on the same base
+    promote_metric: str = "ndcg@10"
+    tolerance: float = 0.0  # the challenger is promoted when its holdout score > champion's - tolerance
+    seed: int = 0
+    drift: LoraDriftConfig = field(default_factory=LoraDriftConfig)
+
+    def __post_init__(self) -> None:
+        _require(
+            len(self.target_modules) > 0 and all(bool(m) for m in self.target_modules),
+            "lora.target_modules",
+            self.target_modules,
+            "a non-empty list of module names, e.g. [f1, f2] (the HSTU layer linears)",
+        )
+        _require(1 <= self.r <= 1024, "lora.r", self.r, "an integer in [1, 1024]")
+        _require(self.alpha > 0, "lora.alpha", self.alpha, "a number > 0")
+        _require(0 <= self.dropout < 1, "lora.dropout", self.dropout, "a probability in [0, 1)")
+        _require(0 <= self.replay_share < 1, "lora.replay_share", self.replay_share, "a share in [0, 1)")
+        _require(1 <= self.min_events <= 10_000_000, "lora.min_events", self.min_events, "an integer >= 1")
+        _require(0 < self.holdout_share < 1, "lora.holdout_share", self.holdout_share, "a share in (0, 1)")
+        _require(1 <= self.epochs <= 10_000, "lora.epochs", self.epochs, "an integer in [1, 10000]")
+        _require(0 < self.lr <= 1, "lora.lr", self.lr, "a learning rate in (0, 1]")
+        _require(self.weight_decay >= 0, "lora.weight_decay", self.weight_decay, "a number >= 0")
+        _require(
+            1 <= self.batch_size <= 65_536, "lora.batch_size", self.batch_size, "an integer in [1, 65536]"
+        )
+        _require(
+            self.promote_metric in LORA_METRICS,
+            "lora.promote_metric",
+            self.promote_metric,
+            f"one of {LORA_METRICS}",
+        )
+        _require(0 <= self.tolerance < 1, "lora.tolerance", self.tolerance, "a number in [0, 1)")
+
+
 PROFILES = ("embedded", "production")
 
 
@@ -385,6 +466,7 @@ class Config:
     fm: FMConfig = field(default_factory=FMConfig)
     feast: FeastConfig = field(default_factory=FeastConfig)
     scorer: ScorerTrainConfig = field(default_factory=ScorerTrainConfig)
+    lora: LoraFinetuneConfig = field(default_factory=LoraFinetuneConfig)
     root: Path = field(default=Path("."), metadata={"internal": True})
 
     def path(self, relative: str) -> Path:
@@ -403,6 +485,8 @@ def _type_ok(value: object, tp: Any) -> bool:
         return any(_type_ok(value, a) for a in get_args(tp))
     if tp is type(None):
         return value is None
+    if origin is list:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
     if origin is dict:
         return isinstance(value, dict) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in value.items()
@@ -421,6 +505,8 @@ def _describe(tp: Any) -> str:
     names = {str: "a string", int: "an integer", float: "a number", type(None): "null"}
     if get_origin(tp) in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in get_args(tp))
+    if get_origin(tp) is list:
+        return "a list of strings"
     if get_origin(tp) is dict:
         return "a mapping of names to strings"
     return names.get(tp, str(tp))
