@@ -64,6 +64,42 @@ class ThinScorer(nn.Module):
         return self.mlp(x).squeeze(-1) + ue.sum(-1)  # residual on the retrieval score: starts as the FM dot
 
 
+class NumpyScorer:
+    """ThinScorer's forward pass for one user in NumPy: the request path's copy of the weights.
+
+    A request scores one user's C candidates; torch's per-operator dispatch costs more than the
+    arithmetic at that size, so the served path runs the same algebra on NumPy arrays. It agrees with
+    `ThinScorer.forward` to float32 rounding (tests/unit/test_scorer_model.py).
+    """
+
+    def __init__(self, model: ThinScorer) -> None:
+        d = model.config.dim
+        w1 = model.mlp[0].weight.detach().numpy().astype(np.float32)  # (H, 2D+3+F)
+        self.w_ue = np.ascontiguousarray(w1[:, :d].T)  # (D, H)
+        self.w_pe = np.ascontiguousarray(w1[:, d : 2 * d].T)  # (D, H)
+        self.w_rest = np.ascontiguousarray(w1[:, 2 * d :].T)  # (3+F, H): ue.sum, pe.sum, hit, stats
+        self.b1 = model.mlp[0].bias.detach().numpy().astype(np.float32)  # (H,)
+        self.w2 = model.mlp[3].weight.detach().numpy().astype(np.float32)[0]  # (H,)
+        self.b2 = float(model.mlp[3].bias.detach()[0])
+        self.miss = model.miss.detach().numpy().astype(np.float32)  # (D,)
+
+    def __call__(
+        self, u: np.ndarray, e: np.ndarray, p: np.ndarray | None, hit: np.ndarray, s: np.ndarray
+    ) -> np.ndarray:
+        """Scores (C,) from u (D,), e (C, D), p (C, D) or None (all misses), hit (C,) in {0,1}, s (C, F)."""
+        ue = e * u  # (C, D)
+        if p is None:
+            pe = e * self.miss  # (C, D)
+        else:
+            h = hit[:, None]
+            pe = (h * p + (1 - h) * self.miss) * e  # (C, D)
+        ue_sum, pe_sum = ue.sum(-1), pe.sum(-1)  # (C,)
+        x = ue @ self.w_ue + pe @ self.w_pe + self.b1  # (C, H)
+        x += np.column_stack([ue_sum, pe_sum, hit, s]) @ self.w_rest
+        x *= 1.0 / (1.0 + np.exp(-x))  # SiLU
+        return x @ self.w2 + self.b2 + ue_sum
+
+
 def stats_features(
     count_1c: np.ndarray, count_7c: np.ndarray, trend: np.ndarray, mean_rating: np.ndarray
 ) -> np.ndarray:

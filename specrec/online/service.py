@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 import torch
 from fastapi import FastAPI, Response
 from prometheus_client import (
@@ -65,6 +66,32 @@ class ScoreRequest(BaseModel):
     item_ids: list[int] = Field(
         min_length=1, max_length=MAX_ITEMS, description="Items to score (at most 1000)."
     )
+
+
+class RecommendResponse(BaseModel):
+    """The answer of POST /recommend."""
+
+    items: list[int] = Field(description="Item ids, best first.")
+    scores: list[float | None] = Field(description="Their scores (null for a cold-start answer).")
+    bundle_id: str = Field(description="The bundle that produced the answer.")
+    cold_start: bool = Field(description="The user is unknown to the bundle: recent popularity.")
+    degraded: bool = Field(description="The online store did not answer in time: fallback path.")
+    speculative_hits: int = Field(description="Candidates scored with a precomputed FM pair.")
+
+
+class ScoreResponse(BaseModel):
+    """The answer of POST /score."""
+
+    scores: dict[str, float] = Field(description="item id -> score, for the known items.")
+    unknown_items: list[int] = Field(description="Requested items the serving bundle does not have.")
+    bundle_id: str
+    cold_start: bool
+    degraded: bool
+
+
+def _json(body: dict[str, Any]) -> Response:
+    """A JSON response serialised by orjson (the answer is built by us; nothing to validate)."""
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 @dataclass
@@ -160,13 +187,15 @@ class Scorer:
         self.metrics.stage.labels("retrieval").observe(time.perf_counter() - t)
         return rows[0][rows[0] >= 0]
 
-    async def _user_side(self, state: ServingState, user_id: int) -> UserSide:
-        """The user branch under the deadline; a slow or failing store degrades instead of failing."""
+    def _start_user_side(self, state: ServingState, user_id: int) -> asyncio.Future[UserSide]:
+        """Start the user-side read on the I/O pool; the store call runs while the caller goes on."""
         loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self.pool, self._read_user, state, user_id, time.time())
+
+    async def _user_side(self, pending: asyncio.Future[UserSide], user_id: int) -> UserSide:
+        """The user branch under the deadline; a slow or failing store degrades instead of failing."""
         try:
-            return await asyncio.wait_for(
-                loop.run_in_executor(self.pool, self._read_user, state, user_id, time.time()), self.deadline_s
-            )
+            return await asyncio.wait_for(pending, self.deadline_s)
         except Exception as exc:  # noqa: BLE001 - timeout or store error: answer degraded
             reason = "store_timeout" if isinstance(exc, TimeoutError) else "store_error"
             self.metrics.fallbacks.labels(reason).inc()
@@ -193,18 +222,18 @@ class Scorer:
         query = state.user_snapshot.get(req.user_id)
         if query is None:
             return self._cold_start(state, req.k, t0)
-        loop = asyncio.get_running_loop()
         n = max(self.candidates, req.k + 50)
+        # Retrieval and scoring run on the event-loop thread (a few hundred microseconds, and faiss and
+        # NumPy release the GIL); only the store read goes to the I/O pool, so a request makes one
+        # thread hop. Parallel: the read is in flight while faiss searches. Sequential: it starts after.
         if self.parallel:
-            user, rows = await asyncio.gather(
-                self._user_side(state, req.user_id),
-                loop.run_in_executor(self.pool, self._retrieve, state, query, n),
-            )
+            pending = self._start_user_side(state, req.user_id)
+            rows = self._retrieve(state, query, n)
         else:
-            rows = await loop.run_in_executor(self.pool, self._retrieve, state, query, n)
-            user = await self._user_side(state, req.user_id)
-        # scoring is CPU work: off the event loop, so one request's model does not stall the others
-        return await loop.run_in_executor(self.pool, self._rank, state, req, user, query, rows, t0)
+            rows = self._retrieve(state, query, n)
+            pending = self._start_user_side(state, req.user_id)
+        user = await self._user_side(pending, req.user_id)
+        return self._rank(state, req, user, query, rows, t0)
 
     def _rank(
         self,
@@ -255,7 +284,7 @@ class Scorer:
                 "cold_start": True,
                 "degraded": False,
             }
-        user = await self._user_side(state, req.user_id)
+        user = await self._user_side(self._start_user_side(state, req.user_id), req.user_id)
         rows = np.asarray([state.row_of[i] for i in known], dtype=np.int64)
         vec = user.vector if user.vector is not None else query
         values = score(state, vec, rows, user.pairs) if len(rows) else np.zeros(0)
@@ -293,15 +322,15 @@ def create_app(scorer: Scorer, watcher: Any | None = None) -> FastAPI:
         description="Thin online scorer over features materialized by specrec.",
     )
 
-    @app.post("/recommend")
-    async def recommend(req: RecommendRequest) -> dict[str, Any]:
+    @app.post("/recommend", response_model=None, responses={200: {"model": RecommendResponse}})
+    async def recommend(req: RecommendRequest) -> Response:
         """Top-k items for a user, seen items excluded by default."""
-        return await scorer.recommend(req)
+        return _json(await scorer.recommend(req))
 
-    @app.post("/score")
-    async def score_items(req: ScoreRequest) -> dict[str, Any]:
+    @app.post("/score", response_model=None, responses={200: {"model": ScoreResponse}})
+    async def score_items(req: ScoreRequest) -> Response:
         """Scores for given items; unknown items are listed, not errors."""
-        return await scorer.score_items(req)
+        return _json(await scorer.score_items(req))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Any
 import faiss
 import numpy as np
 import pandas as pd
-import torch
 
-from models.scorer import ThinScorer
+from models.scorer import NumpyScorer, ThinScorer
 from specrec.nearline import bundles
 
 if TYPE_CHECKING:
@@ -41,6 +40,10 @@ class ServingState:
     popular: np.ndarray  # (P,) item_ids by recent popularity (cold-start answer)
     user_snapshot: dict[int, np.ndarray] = field(default_factory=dict)  # user_id -> retrieval query
     scorer: ThinScorer | None = None
+    fast: NumpyScorer | None = field(init=False, default=None)  # the scorer's request-path copy
+
+    def __post_init__(self) -> None:
+        self.fast = None if self.scorer is None else NumpyScorer(self.scorer)
 
     @property
     def dim(self) -> int:
@@ -126,22 +129,15 @@ def score(
 ) -> np.ndarray:
     """Scores of index rows for a user: the thin scorer, or the FM dot product when there is none."""
     e = state.embeddings[rows]  # (C, D)
-    if state.scorer is None:
+    if state.fast is None:
         return e @ user_vec
-    p = np.zeros_like(
-        e
-    )  # (C, D): rows without a precomputed pair stay zero (the scorer uses its miss vector)
     hit = np.zeros(len(rows), dtype=np.float32)
+    p = None  # no precomputed pair at all: every candidate takes the scorer's miss vector
     if pair:
         ids = state.item_ids[rows]
-        for k in np.flatnonzero(np.isin(ids, np.fromiter(pair, dtype=np.int64))):
-            p[k], hit[k] = pair[int(ids[k])], 1.0
-    with torch.no_grad():
-        out = state.scorer(
-            torch.from_numpy(user_vec)[None],
-            torch.from_numpy(e)[None],
-            torch.from_numpy(p)[None],
-            torch.from_numpy(hit)[None],
-            torch.from_numpy(state.stats[rows])[None],
-        )
-    return out[0].numpy()
+        found = np.flatnonzero(np.isin(ids, np.fromiter(pair, dtype=np.int64)))
+        if len(found):
+            p = np.zeros_like(e)  # (C, D): misses stay zero, the scorer swaps in its miss vector
+            for k in found:
+                p[k], hit[k] = pair[int(ids[k])], 1.0
+    return state.fast(user_vec, e, p, hit, state.stats[rows])
