@@ -239,6 +239,82 @@ def clock_show(params: ParamsOpt = Path("params.yaml")) -> None:
     run_entry(show)
 
 
+lora_app = typer.Typer(
+    help="Daily LoRA adapters on the FM and drift-triggered base retraining.", no_args_is_help=True
+)
+app.add_typer(lora_app, name="lora")
+model_app = typer.Typer(help="Registered models: aliases.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@lora_app.command("run")
+def lora_run(
+    as_of: Annotated[
+        str, typer.Option(help="The cycle's as_of (ISO date or time); 'first' = the clock's first cycle.")
+    ],
+    warm_start: Annotated[
+        bool | None,
+        typer.Option(
+            "--warm-start/--no-warm-start", help="Start from the champion adapter (default: params)."
+        ),
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Run flow daily_lora_finetune: train, gate, register the cycle's adapter; ADWIN may retrain the base."""
+    from flows.daily_lora_finetune import daily_lora_finetune
+
+    def run(cfg: Config) -> None:
+        out = daily_lora_finetune(
+            as_of=_as_of(cfg, as_of), params=str(params.resolve()), warm_start=warm_start
+        )
+        cycle, drift = out["cycle"], out["drift"]
+        typer.echo(
+            f"as_of {cycle['as_of']}: {cycle['status']} ({cycle['reason']}); drift {drift['decision']}"
+        )
+
+    _run(run, params)
+
+
+@lora_app.command("retrain-base")
+def lora_retrain_base(
+    as_of: Annotated[
+        str, typer.Option(help="Train on events known at this instant (ISO); 'first' = cycle 1.")
+    ],
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Run flow retrain_base: a new specrec-fm on the events known at as_of, promoted only via the gate."""
+    from flows.retrain_base import retrain_base
+
+    def run(cfg: Config) -> None:
+        out = retrain_base(as_of=_as_of(cfg, as_of), params=str(params.resolve()))
+        typer.echo(
+            f"specrec-fm v{out['version']}: {'promoted' if out['promoted'] else 'rejected'} ({out['reason']})"
+        )
+
+    _run(run, params)
+
+
+@model_app.command("rollback")
+def model_rollback(
+    name: Annotated[str, typer.Option(help="Registered model whose champion alias moves back.")] = (
+        "specrec-fm-adapter"
+    ),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Move NAME@champion back to the version it replaced (the gate records it on promotion)."""
+
+    def run(cfg: Config) -> None:
+        import mlflow
+        from specrec.lora.adapters import rollback
+        from specrec.tracking import use_project_store
+
+        use_project_store(cfg.root)
+        old, new = rollback(mlflow.MlflowClient(), name)
+        typer.echo(f"{name}@champion: v{old} -> v{new}")
+
+    _run(run, params)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

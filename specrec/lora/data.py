@@ -1,0 +1,126 @@
+"""What one daily fine-tuning cycle trains and is judged on, cut from the events known at as_of.
+
+The cycle's events are split in time: the newest `holdout_share` are the gate's holdout (never trained
+on), the rest are the new training events. Training windows cover every new event as a target with the
+user's earlier events as context, plus an experience-replay sample of windows from older history (the
+events before the cycle) so the adapter does not forget what the base knew.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from models.lora import Window, user_windows
+from specrec.clock import Cycle
+
+
+@dataclass(frozen=True)
+class CycleData:
+    """The training windows of a cycle and the holdout window the gate scores."""
+
+    new_windows: list[Window]
+    replay_windows: list[Window]
+    new_events: int  # training events of the cycle (targets of new_windows, users' first events aside)
+    holdout: Cycle  # [holdout start, as_of): the newest events, scored by next_event_metrics
+    holdout_events: int
+    new_items: list[int]  # item_idx first seen in [cutoff, train end)
+
+    @property
+    def windows(self) -> list[Window]:
+        """New and replay windows together."""
+        return self.new_windows + self.replay_windows
+
+    @property
+    def replay_targets(self) -> int:
+        """Supervised targets drawn from older history."""
+        return sum(w.n_targets for w in self.replay_windows)
+
+
+def holdout_start(cycle_events: pd.DataFrame, cycle: Cycle, share: float) -> pd.Timestamp:
+    """The time from which the newest `share` of the cycle's events are held out (cycle.as_of if none)."""
+    if cycle_events.empty:
+        return cycle.as_of
+    ts = cycle_events["timestamp"].sort_values(kind="stable").reset_index(drop=True)
+    n_hold = max(1, int(round(len(ts) * share)))
+    return ts.iloc[len(ts) - n_hold]
+
+
+def new_items(known: pd.DataFrame, cutoff: pd.Timestamp) -> list[int]:
+    """Items whose first known event is at or after the base's training cutoff."""
+    first = known.groupby("item_idx")["timestamp"].min()
+    return sorted(int(i) for i in first.index[first >= cutoff])
+
+
+def _per_user(events: pd.DataFrame) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per user: time-ordered item_idx, unix seconds and timestamps (as int64 ns)."""
+    ordered = events.sort_values(["user_idx", "timestamp", "event_id"], kind="stable")
+    ns = ordered["timestamp"].astype("int64").to_numpy()
+    items, users = ordered["item_idx"].to_numpy(np.int64), ordered["user_idx"].to_numpy()
+    bounds = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
+    return {
+        int(users[a]): (items[a:b], ns[a:b] // 1_000_000_000, ns[a:b])
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    }
+
+
+def new_event_windows(known: pd.DataFrame, start: pd.Timestamp, max_len: int) -> tuple[list[Window], int]:
+    """Windows whose targets are every event at or after `start`, and the number of such events."""
+    windows, n_new = [], 0
+    for items, secs, ns in _per_user(known).values():
+        first_new = int(np.searchsorted(ns, start.value, side="left"))
+        if first_new < len(items):
+            n_new += len(items) - first_new
+            windows += user_windows(items, secs, first_new, max_len)
+    return windows, n_new
+
+
+def replay_windows(
+    older: pd.DataFrame, n_targets: int, max_len: int, rng: np.random.Generator
+) -> list[Window]:
+    """Random windows from older history (users drawn by activity, random end) until n_targets are covered."""
+    users = [(items, secs) for items, secs, _ in _per_user(older).values() if len(items) >= 2]
+    if not users or n_targets <= 0:
+        return []
+    weights = np.array([len(i) for i, _ in users], dtype=np.float64)
+    out, covered = [], 0
+    while covered < n_targets:
+        items, secs = users[int(rng.choice(len(users), p=weights / weights.sum()))]
+        end = int(rng.integers(2, len(items) + 1))
+        start = max(0, end - (max_len + 1))
+        window = Window(items[start:end], secs[start:end], 1)
+        out.append(window)
+        covered += window.n_targets
+    return out
+
+
+def cycle_data(
+    known: pd.DataFrame,
+    cycle: Cycle,
+    cutoff: pd.Timestamp,
+    max_len: int,
+    holdout_share: float,
+    replay_share: float,
+    seed: int,
+) -> CycleData:
+    """Training windows (new + replay) and the holdout of the cycle ending at cycle.as_of."""
+    if len(known) and known["timestamp"].max() >= cycle.as_of:
+        raise ValueError(f"events at or after as_of {cycle.as_of.isoformat()} were passed to cycle_data")
+    in_cycle = known[known["timestamp"] >= cycle.start]
+    hold_from = holdout_start(in_cycle, cycle, holdout_share)
+    train = known[known["timestamp"] < hold_from]
+    new, n_new = new_event_windows(train, cycle.start, max_len)
+    n_new_targets = sum(w.n_targets for w in new)
+    n_replay = int(round(n_new_targets * replay_share / (1 - replay_share)))
+    older = known[known["timestamp"] < cycle.start]
+    replay = replay_windows(older, n_replay, max_len, np.random.default_rng(seed))
+    return CycleData(
+        new_windows=new,
+        replay_windows=replay,
+        new_events=n_new,
+        holdout=Cycle(cycle.index, hold_from, cycle.as_of),
+        holdout_events=int((in_cycle["timestamp"] >= hold_from).sum()),
+        new_items=new_items(train, cutoff),
+    )
