@@ -153,6 +153,45 @@ def nearline_run(
     _run(run, params)
 
 
+codebook_app = typer.Typer(help="The RQ-VAE semantic-ID codebook.", no_args_is_help=True)
+app.add_typer(codebook_app, name="codebook")
+
+
+@codebook_app.command("embed")
+def codebook_embed(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Content embeddings of every item (MiniLM over title + genres; stage item_text_embed)."""
+    from specrec.codebook.text import item_text_embed
+
+    _run(item_text_embed, params)
+
+
+@codebook_app.command("train")
+def codebook_train(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Train the initial codebook at clock.start, register and gate it (stage codebook)."""
+    from specrec.codebook.train import train_initial
+
+    _run(train_initial, params)
+
+
+@codebook_app.command("refresh")
+def codebook_refresh_cmd(
+    as_of: Annotated[
+        str, typer.Option(help="Code the items first seen before this instant; 'first' = the first cycle.")
+    ],
+    feast: Annotated[bool, typer.Option(help="Also write the champion bundle's item_repr to Feast.")] = True,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Run the Prefect flow codebook_refresh: new items' IDs, drift, retrain on a threshold, Feast."""
+    from flows.codebook_refresh import codebook_refresh
+
+    def run(cfg: Config) -> None:
+        result = codebook_refresh(as_of=_as_of(cfg, as_of), params=str(params.resolve()), write_feast=feast)
+        result.pop("item_repr", None)
+        typer.echo(result)
+
+    _run(run, params)
+
+
 scorer_app = typer.Typer(help="The thin online scorer.", no_args_is_help=True)
 app.add_typer(scorer_app, name="scorer")
 

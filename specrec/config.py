@@ -424,6 +424,89 @@ class LoraFinetuneConfig:
         _require(0 <= self.tolerance < 1, "lora.tolerance", self.tolerance, "a number in [0, 1)")
 
 
+@dataclass(frozen=True)
+class CodebookDriftConfig:
+    """When codebook_refresh retrains: drift of the items coded since the codebook was trained."""
+
+    min_items: int = 50  # below this many new items drift is not judged (too few to measure)
+    max_recon_ratio: float = 1.5  # new items' reconstruction error / the reference items'
+    min_utilisation_ratio: float = 0.6  # new items' distinct codes / expected for as many reference items
+    min_entropy_ratio: float = 0.8  # new items' code entropy / expected for as many reference items
+    max_new_share: float = 0.25  # items coded since training / items the codebook was trained on
+    retrain_on_fm_change: bool = True  # the FM champion moved: collaborative inputs are from another FM
+
+    def __post_init__(self) -> None:
+        _require(self.min_items >= 1, "codebook.drift.min_items", self.min_items, "an integer >= 1")
+        _require(
+            self.max_recon_ratio > 0, "codebook.drift.max_recon_ratio", self.max_recon_ratio, "a number > 0"
+        )
+        for key in ("min_utilisation_ratio", "min_entropy_ratio"):
+            value = getattr(self, key)
+            _require(0 <= value <= 1, f"codebook.drift.{key}", value, "a ratio in [0, 1]")
+        _require(self.max_new_share > 0, "codebook.drift.max_new_share", self.max_new_share, "a number > 0")
+
+
+@dataclass(frozen=True)
+class CodebookConfig:
+    """The RQ-VAE semantic-ID codebook (models/codebook.py) and its refresh (flows/codebook_refresh.py)."""
+
+    text_cache: str = "data/item_text"  # item_text_embed: MiniLM content embeddings of titles + genres
+    out: str = "data/models/codebook"  # codebook: the initial codebook folder
+    levels: int = 3  # L semantic levels
+    codebook_size: int = 64  # K codes per level
+    latent_dim: int = 32
+    hidden: int = 256  # encoder widths hidden, hidden/2 (the decoder mirrors them)
+    collab_weight: float = 1.0  # scale of the FM item embedding against the unit-norm content embedding
+    modality_dropout: float = 0.3  # training: share of items shown with one modality hidden
+    epochs: int = 80
+    batch_size: int = 256
+    lr: float = 0.001
+    commitment_weight: float = 0.25
+    kmeans_iters: int = 10
+    dead_code_threshold: float = 2.0  # codes used by fewer items (EMA) are re-seeded from the batch
+    text_batch_size: int = 128
+    stability_prefix: int = 2  # stability: share of items whose first stability_prefix codes changed
+    promote_metric: str = "recon_error"  # the gate: lower on the catalogue known at as_of wins
+    seed: int = 0
+    drift: CodebookDriftConfig = field(default_factory=CodebookDriftConfig)
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.levels <= 8, "codebook.levels", self.levels, "an integer in [1, 8]")
+        _require(2 <= self.codebook_size <= 65_536, "codebook.codebook_size", self.codebook_size, "2..65536")
+        _require(1 <= self.latent_dim <= 4096, "codebook.latent_dim", self.latent_dim, "1..4096")
+        _require(2 <= self.hidden <= 8192, "codebook.hidden", self.hidden, "an integer in [2, 8192]")
+        _require(self.collab_weight >= 0, "codebook.collab_weight", self.collab_weight, "a number >= 0")
+        _require(
+            0 <= self.modality_dropout < 1,
+            "codebook.modality_dropout",
+            self.modality_dropout,
+            "a share in [0, 1)",
+        )
+        _require(1 <= self.epochs <= 100_000, "codebook.epochs", self.epochs, "an integer >= 1")
+        _require(1 <= self.batch_size <= 1_000_000, "codebook.batch_size", self.batch_size, "an integer >= 1")
+        _require(0 < self.lr <= 1, "codebook.lr", self.lr, "a learning rate in (0, 1]")
+        _require(self.commitment_weight >= 0, "codebook.commitment_weight", self.commitment_weight, ">= 0")
+        _require(1 <= self.kmeans_iters <= 1000, "codebook.kmeans_iters", self.kmeans_iters, "1..1000")
+        _require(
+            self.dead_code_threshold >= 0, "codebook.dead_code_threshold", self.dead_code_threshold, ">= 0"
+        )
+        _require(
+            self.text_batch_size >= 1, "codebook.text_batch_size", self.text_batch_size, "an integer >= 1"
+        )
+        _require(
+            1 <= self.stability_prefix <= self.levels,
+            "codebook.stability_prefix",
+            self.stability_prefix,
+            f"an integer in [1, codebook.levels ({self.levels})]",
+        )
+        _require(
+            self.promote_metric == "recon_error",
+            "codebook.promote_metric",
+            self.promote_metric,
+            "recon_error",
+        )
+
+
 PROFILES = ("embedded", "production")
 
 
@@ -467,6 +550,7 @@ class Config:
     feast: FeastConfig = field(default_factory=FeastConfig)
     scorer: ScorerTrainConfig = field(default_factory=ScorerTrainConfig)
     lora: LoraFinetuneConfig = field(default_factory=LoraFinetuneConfig)
+    codebook: CodebookConfig = field(default_factory=CodebookConfig)
     root: Path = field(default=Path("."), metadata={"internal": True})
 
     def path(self, relative: str) -> Path:

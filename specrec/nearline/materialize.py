@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from specrec.clock import to_utc
+from specrec.codebook.serving import BundleCodes, bundle_model
 from specrec.config import Config
 from specrec.errors import SpecrecError
 from specrec.io import read_parquet, write_parquet
@@ -86,9 +87,15 @@ def _codes(model: RecModel, item_idx: np.ndarray) -> list[np.ndarray]:
 
 
 def item_batches(
-    model: RecModel, items: pd.DataFrame, bundle_id: str, as_of: pd.Timestamp, batch_rows: int
+    model: RecModel,
+    items: pd.DataFrame,
+    bundle_id: str,
+    as_of: pd.Timestamp,
+    batch_rows: int,
+    codes: BundleCodes | None = None,
 ) -> Iterator[pd.DataFrame]:
-    """Rows of item_repr in batches: embeddings computed per batch from the model's item table."""
+    """Rows of item_repr in batches: embeddings computed per batch from the model's item table;
+    semantic IDs from the bundle's codebook when it has one."""
     with torch.no_grad():
         table = model.item_embeddings()  # (n_items+1, D), a view of the weights plus normalisation
     for start in range(0, len(items), batch_rows):
@@ -100,7 +107,7 @@ def item_batches(
                 "item_id": part["item_id"].to_numpy(np.int64),
                 "bundle_id": bundle_id,
                 "embedding": list(emb),
-                "semantic_id": _codes(model, idx),
+                "semantic_id": codes.of(idx) if codes is not None else _codes(model, idx),
                 "item_idx": idx,
                 "event_timestamp": as_of,
             }
@@ -184,11 +191,12 @@ def materialize_items(
     mode, todo = _todo(client, bundle, known, when)
     start, written = time.perf_counter(), 0
     if len(todo):
-        model = load_fm(bundle.fm_version)
+        codebook = bundle.parts.get("codebook", "")
+        model, codes = bundle_model(cfg, client, load_fm(bundle.fm_version), bundle.fm_version, codebook)
         dim = int(model.item_embeddings().shape[1])
         check_table(model, todo)  # every item checked before the first row is written
         folder = offline_dir(store, VIEW) / f"bundle={bundle.bundle_id}"
-        batches = item_batches(model, todo, bundle.bundle_id, when, cfg.feast.write_batch_rows)
+        batches = item_batches(model, todo, bundle.bundle_id, when, cfg.feast.write_batch_rows, codes)
         n_batches = -(-len(todo) // cfg.feast.write_batch_rows)
         for k, frame in enumerate(
             tqdm(batches, total=n_batches, desc=f"item_repr {bundle.bundle_id}", disable=not progress)

@@ -21,10 +21,11 @@ import torch
 
 from models.hstu import HSTU
 from specrec.clock import EventLog, to_utc
+from specrec.codebook.serving import load_bundle_fm
 from specrec.config import Config
 from specrec.io import read_parquet
 from specrec.nearline import bundles
-from specrec.nearline.materialize import load_fm, write_batch
+from specrec.nearline.materialize import write_batch
 from specrec.nearline.store import offline_dir
 
 if TYPE_CHECKING:
@@ -148,7 +149,7 @@ def update_user_state(
     caches = _load(cache_path)
     mode = "incremental" if caches else "complete"
     todo = [u for u, (items, _, _) in histories.items() if u not in caches or caches[u].n_events < len(items)]
-    model = load_fm(bundle.fm_version) if todo else None
+    model = load_bundle_fm(cfg, bundle.fm_version, bundle.parts.get("codebook", "")) if todo else None
     extend = [u for u in todo if _can_extend(model, caches.get(u), len(histories[u][0]))]  # type: ignore[arg-type]
     full = [u for u in todo if u not in set(extend)]
     for user in extend:
