@@ -424,6 +424,69 @@ class LoraFinetuneConfig:
         _require(0 <= self.tolerance < 1, "lora.tolerance", self.tolerance, "a number in [0, 1)")
 
 
+REQUEST_STATES = ("window", "event")
+
+
+@dataclass(frozen=True)
+class SpeculationConfig:
+    """The speculation predictor, the speculative precompute of FM pair representations and its replay."""
+
+    window: str = "5min"  # precompute cadence in event time; what a window's start knows is all it uses
+    ttl: str = "1h"  # a precomputed row is a miss after computed_at + ttl (at most the Feast view's ttl)
+    candidates: int = 200  # N: retrieved candidates per request; a request serves (user, c) for each
+    max_rank: int = 400  # retrieval ranks considered ahead per predicted user (>= candidates)
+    budget: int = 1000  # max FM pair evaluations per window
+    budgets: list = field(default_factory=lambda: [50, 100, 200, 500, 1000])  # the coverage curve
+    min_p_active: float = 0.1  # users less likely than this to return within the ttl are not precomputed
+    activity_horizon: str = "6h"  # users whose last event is older are not candidates (P = 0)
+    session_gap: str = "30min"  # a gap longer than this starts a new session
+    train_days: int = 365  # windows of this many days before the evaluation span train the predictor
+    eval_days: int = 28  # the newest days before as_of: the evaluation span (held out from training)
+    hidden: int = 32  # activity MLP width
+    epochs: int = 8
+    lr: float = 0.003
+    batch_users: int = 16  # users per FM pair-representation batch in the precompute
+    batch_retries: int = 2  # a failing FM batch is retried this many times, then nothing is written
+    request_state: str = "window"  # window: requests use the nearline user state of their window start
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("window", "ttl", "activity_horizon", "session_gap"):
+            parse_duration(f"speculation.{key}", getattr(self, key))
+        _require(
+            parse_duration("speculation.ttl", self.ttl) >= parse_duration("speculation.window", self.window),
+            "speculation.ttl",
+            self.ttl,
+            f"a duration at least speculation.window ({self.window})",
+        )
+        _require(
+            1 <= self.candidates <= 10_000, "speculation.candidates", self.candidates, "an integer in [1, 10000]"
+        )
+        _require(
+            self.candidates <= self.max_rank <= 10_000,
+            "speculation.max_rank",
+            self.max_rank,
+            f"an integer in [speculation.candidates ({self.candidates}), 10000]",
+        )
+        _require(self.budget >= 1, "speculation.budget", self.budget, "an integer >= 1")
+        ok = bool(self.budgets) and all(isinstance(b, int) and b >= 1 for b in self.budgets)
+        _require(ok, "speculation.budgets", self.budgets, "a non-empty list of integers >= 1")
+        _require(0 <= self.min_p_active < 1, "speculation.min_p_active", self.min_p_active, "a share in [0, 1)")
+        _require(self.train_days >= 1, "speculation.train_days", self.train_days, "an integer >= 1")
+        _require(self.eval_days >= 1, "speculation.eval_days", self.eval_days, "an integer >= 1")
+        _require(1 <= self.hidden <= 4096, "speculation.hidden", self.hidden, "an integer in [1, 4096]")
+        _require(1 <= self.epochs <= 1000, "speculation.epochs", self.epochs, "an integer in [1, 1000]")
+        _require(0 < self.lr <= 1, "speculation.lr", self.lr, "a learning rate in (0, 1]")
+        _require(self.batch_users >= 1, "speculation.batch_users", self.batch_users, "an integer >= 1")
+        _require(0 <= self.batch_retries <= 10, "speculation.batch_retries", self.batch_retries, "0..10")
+        _require(
+            self.request_state in REQUEST_STATES,
+            "speculation.request_state",
+            self.request_state,
+            f"one of {REQUEST_STATES}",
+        )
+
+
 @dataclass(frozen=True)
 class CodebookDriftConfig:
     """When codebook_refresh retrains: drift of the items coded since the codebook was trained."""
@@ -549,6 +612,7 @@ class Config:
     fm: FMConfig = field(default_factory=FMConfig)
     feast: FeastConfig = field(default_factory=FeastConfig)
     scorer: ScorerTrainConfig = field(default_factory=ScorerTrainConfig)
+    speculation: SpeculationConfig = field(default_factory=SpeculationConfig)
     lora: LoraFinetuneConfig = field(default_factory=LoraFinetuneConfig)
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
     root: Path = field(default=Path("."), metadata={"internal": True})

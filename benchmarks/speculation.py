@@ -1,0 +1,142 @@
+"""Speculation benchmark: replay the shipped dataset's replay span and measure the predictor against both
+baselines (coverage, precision, wasted compute per budget) and the ranking quality it buys.
+
+Needs the project's trained FM and scorer (`make demo`, then `specrec scorer train --as-of 2018-01-29`):
+it uses the serving bundle's FM and scorer (or the champions). The predictor is trained on the
+`speculation.train_days` before `clock.start` and evaluated on the whole replay (clock.start to the clock's
+end), each window using only what was known at its start. Writes benchmarks/results/speculation.json and
+logs an MLflow run (experiment `speculation`, per-window accounting and the coverage-versus-budget PNG).
+
+    python benchmarks/speculation.py [--params params.yaml] [--out benchmarks/results/speculation.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import mlflow  # noqa: E402
+from specrec.clock import ReplayClock  # noqa: E402
+from specrec.config import load_config, parse_duration  # noqa: E402
+from specrec.io import read_parquet  # noqa: E402
+from specrec.online.distill_data import item_stat_table  # noqa: E402
+from specrec.speculation import evaluate, replay  # noqa: E402
+from specrec.speculation.models import serving_models  # noqa: E402
+from specrec.tracking import experiment_id, use_project_store  # noqa: E402
+
+
+def main() -> None:
+    """Run the replay and write the results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speculation.json"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("faiss", "alembic", "mlflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    torch.set_num_threads(1)
+    cfg = load_config(args.params)
+    use_project_store(cfg.root)
+    spec, clock = cfg.speculation, ReplayClock.from_config(cfg.clock)
+    started = time.perf_counter()
+    fm, scorer, versions = serving_models(mlflow.MlflowClient())
+    events = read_parquet(cfg.path(cfg.paths.prepared) / "interactions.parquet", "prepared interactions")
+    items = read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet", "prepared items")
+    start, end = clock.start, clock.end
+    index = items.loc[items["first_seen"] < start, "item_idx"].to_numpy()
+    world = replay.World(fm, events, index, spec, end)
+    s0, e0 = int(start.timestamp()), int(end.timestamp())
+    predictor = replay.fit(world, s0 - spec.train_days * 86400, s0)
+    cadence = parse_duration("clock.cadence", cfg.clock.cadence)
+    tables: dict[int, np.ndarray] = {}
+
+    def stats(t: int) -> np.ndarray:
+        k = int((pd.Timestamp(t, unit="s", tz="UTC") - start) // cadence)
+        if k not in tables:
+            at = start + k * cadence
+            tables[k] = item_stat_table(events[events["timestamp"] < at], items, at, cadence)
+        return tables[k]
+
+    result = evaluate.evaluate_span(world, predictor, s0, e0, scorer, stats)
+    seconds = time.perf_counter() - started
+    command = "python benchmarks/speculation.py" + (
+        "" if args.params == str(ROOT / "params.yaml") else f" --params {args.params}"
+    )
+    d = result.default
+    out = {
+        "budgets": [
+            {
+                k: r[k]
+                for k in (
+                    "budget",
+                    "coverage",
+                    "precision",
+                    "wasted_cpu_s",
+                    "recent_heuristic_coverage",
+                    "random_coverage",
+                )
+            }
+            for r in result.budgets
+        ],
+        "at_default_budget": {
+            "coverage": d["coverage"],
+            "precision": d["precision"],
+            "ndcg@10_with": d["ndcg@10_with"],
+            "ndcg@10_without": d["ndcg@10_without"],
+            "ndcg@10_full_fm": d["ndcg@10_full_fm"],
+            "quality_recovered": d["quality_recovered"],
+        },
+        "command": command,
+    }
+    details = {
+        "default_budget": spec.budget,
+        "window": spec.window,
+        "ttl": spec.ttl,
+        "candidates": spec.candidates,
+        "request_state": spec.request_state,
+        "replay": [start.isoformat(), end.isoformat()],
+        "models": versions,
+        "predictor": predictor.info,
+        "default": d,
+        "budgets": result.budgets,
+        "cpu_s_per_pair": result.cpu_s_per_pair,
+        "seconds": seconds,
+    }
+    with mlflow.start_run(
+        experiment_id=experiment_id(cfg.root, "speculation"), run_name=f"benchmark-{start.date()}"
+    ):
+        mlflow.set_tags(
+            {
+                "kind": "benchmark",
+                "as_of": start.isoformat(),
+                **{f"model_{k}": v for k, v in versions.items()},
+            }
+        )
+        mlflow.log_params({f"speculation.{k}": str(v) for k, v in vars(spec).items()})
+        evaluate.log_evaluation(result)
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    path.with_name(path.stem + "_details.json").write_text(
+        json.dumps(details, indent=2, default=float) + "\n"
+    )
+    print(json.dumps(out, indent=2))
+    print(
+        f"replay of {int(d['requests'])} requests in {seconds:.0f} s; "
+        f"details in {path.with_name(path.stem + '_details.json')}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Which FM and thin scorer speculation works with: the serving bundle's, else the champions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlflow import MlflowClient
+from specrec.errors import SpecrecError
+from specrec.nearline import bundles
+from specrec.nearline.materialize import load_fm
+from specrec.registry import CHAMPION, alias_version
+
+
+def serving_versions(client: MlflowClient) -> dict[str, str]:
+    """FM and scorer versions of the serving bundle, or of the champions when nothing serves yet."""
+    bundle = bundles.serving(client)
+    fm = bundle.fm_version if bundle else alias_version(client, "specrec-fm", CHAMPION)
+    scorer = bundle.parts.get("scorer", "") if bundle else alias_version(client, "specrec-scorer", CHAMPION)
+    if not fm:
+        raise SpecrecError("no specrec-fm@champion and no serving bundle: train the FM first (`dvc repro`).")
+    return {"fm": str(fm), "scorer": str(scorer or ""), "bundle": bundle.bundle_id if bundle else ""}
+
+
+def serving_models(client: MlflowClient) -> tuple[Any, Any, dict[str, str]]:
+    """The torch FM, the thin scorer (None when the bundle has none) and their versions."""
+    from specrec.online.train_scorer import load_registered
+
+    versions = serving_versions(client)
+    fm = load_fm(versions["fm"])
+    scorer = load_registered(versions["scorer"]) if versions["scorer"] else None
+    return fm, scorer, versions

@@ -1,0 +1,196 @@
+"""One speculative precompute window: predict, run the FM pair representation in batches, write Feast rows.
+
+At the window start `as_of` (only events before it are read): score the candidate users with the
+`specrec-speculator@champion` predictor, skip users whose live row was computed from the same history,
+fill the budget (max FM pair evaluations per window) greedily by P(served), run the serving bundle's FM
+pair representation in batches (a failing batch is retried; if it keeps failing nothing is written), and
+write one `speculative` row per (user, bundle): item_ids, pair_repr (row-major n x D), pair_score and
+expires_at = as_of + ttl. A window with no predicted users writes nothing and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from models.speculator import select_pairs
+from specrec.clock import to_utc
+from specrec.config import Config, parse_duration
+from specrec.errors import SpecrecError
+from specrec.io import read_parquet, write_parquet
+from specrec.nearline import bundles
+from specrec.nearline.materialize import load_fm
+from specrec.nearline.store import offline_dir
+from specrec.speculation import replay
+from specrec.speculation.pairs import PairFn, pair_batches
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+    from mlflow import MlflowClient
+    from specrec.speculation.registry import LoadedPredictor
+
+log = logging.getLogger(__name__)
+
+VIEW = "speculative"
+
+
+def _live_rows(store: FeatureStore, users: np.ndarray, bundle_id: str) -> dict[int, pd.Timestamp]:
+    """user_id -> expires_at of the user's stored row of this bundle (users without one are absent)."""
+    if len(users) == 0:
+        return {}
+    got = store.get_online_features(
+        features=["speculative:expires_at"],
+        entity_rows=[{"user_id": int(u), "bundle_id": bundle_id} for u in users],
+    ).to_dict()
+    return {
+        int(u): pd.Timestamp(e)
+        for u, e in zip(got["user_id"], got["expires_at"], strict=True)
+        if e is not None
+    }
+
+
+def _check_ttl(store: FeatureStore, ttl: pd.Timedelta) -> None:
+    """Rows must expire before Feast's view ttl, or Feast would drop rows still meant to serve."""
+    view_ttl = store.get_feature_view(VIEW).ttl
+    if view_ttl and ttl > pd.Timedelta(view_ttl):
+        raise SpecrecError(
+            f"speculation.ttl = {ttl} is longer than the Feast view `speculative` ttl ({view_ttl}); "
+            "lower speculation.ttl or raise the view's ttl in features/definitions.py."
+        )
+
+
+def choose(
+    world: replay.World, predictor: LoadedPredictor, s: int, live: dict[int, pd.Timestamp], budget: int
+) -> tuple[dict[int, tuple[int, np.ndarray]], int]:
+    """user_id -> (history, item_idx) to precompute at s, and the predicted users skipped as fresh."""
+    plan = replay.plan(world, predictor.predictor, s, 1)
+    users, p = plan.by_window.get(0, (np.zeros(0, np.int64), np.zeros(0)))
+    hist = world.count_before(users, s)
+    last = np.array(
+        [world.history((int(u), int(h)))[1][-1] if h else 0 for u, h in zip(users, hist, strict=True)]
+    )
+    computed_at = {u: e - pd.Timedelta(seconds=world.ttl_s) for u, e in live.items()}
+    fresh = np.array(
+        [
+            int(u) in live
+            and live[int(u)].timestamp() > s
+            and last[i] < computed_at[int(u)].timestamp()  # no event since the row was computed
+            for i, u in enumerate(users)
+        ],
+        bool,
+    )
+    users, p, hist = users[~fresh], p[~fresh], hist[~fresh]
+    world.ensure([(int(u), int(h)) for u, h in zip(users, hist, strict=True)])
+    pos, rank = select_pairs(p * (hist > 0), predictor.predictor.curve, budget, world.spec.min_p_active)
+    chosen = {}
+    for u in np.unique(pos):
+        top = world.top((int(users[u]), int(hist[u])))
+        ranks = rank[pos == u]
+        items = np.unique(top[ranks[ranks < len(top)]])
+        if len(items):
+            chosen[int(users[u])] = (int(hist[u]), items)
+    return chosen, int(fresh.sum())
+
+
+def precompute_window(
+    cfg: Config,
+    as_of: object,
+    store: FeatureStore,
+    client: MlflowClient,
+    window: str | None = None,
+    compute: PairFn | None = None,
+) -> dict[str, Any]:
+    """Precompute the window starting at as_of for the serving bundle; return what was done."""
+    from specrec.speculation.registry import load_champion
+
+    when, started = to_utc(as_of), time.perf_counter()
+    spec = cfg.speculation if window is None else replace(cfg.speculation, window=window)
+    ttl = parse_duration("speculation.ttl", spec.ttl)
+    _check_ttl(store, ttl)
+    bundle = bundles.serving(client)
+    if bundle is None:
+        raise SpecrecError(
+            "no specrec-bundle@serving: materialize a bundle first (materialize_item_embeddings)."
+        )
+    predictor = load_champion(client)
+    fm = load_fm(bundle.fm_version)
+    events = read_parquet(cfg.path(cfg.paths.prepared) / "interactions.parquet", "prepared interactions")
+    items = read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet", "prepared items")
+    known = items[items["first_seen"] < when]
+    world = replay.World(fm, events, known["item_idx"].to_numpy(), spec, when)
+    s = int(when.timestamp())
+    candidates = replay.plan(world, predictor.predictor, s, 1).by_window.get(
+        0, (np.zeros(0, np.int64), None)
+    )[0]
+    live = _live_rows(store, candidates, bundle.bundle_id)
+    chosen, skipped = choose(world, predictor, s, live, spec.budget)
+    base = {"as_of": when.isoformat(), "bundle_id": bundle.bundle_id, "skipped_fresh_users": skipped}
+    if not chosen:
+        log.info("speculative precompute at %s: no predicted users; nothing written", when.isoformat())
+        return base | {
+            "users": 0,
+            "pairs": 0,
+            "rows_written": 0,
+            "cpu_s": 0.0,
+            "retries": 0,
+            "seconds": time.perf_counter() - started,
+            "message": "no predicted users; nothing written",
+        }
+    users = sorted(chosen)
+    result = pair_batches(
+        compute or fm.pair_repr,
+        [world.history((u, chosen[u][0])) for u in users],
+        [chosen[u][1] for u in users],
+        fm.config.max_len,
+        spec.batch_users,
+        spec.batch_retries,
+    )
+    item_id = dict(zip(items["item_idx"].to_numpy(), items["item_id"].to_numpy(), strict=True))
+    frame = pd.DataFrame(
+        {
+            "user_id": np.asarray(users, np.int64),
+            "bundle_id": bundle.bundle_id,
+            "item_ids": [np.array([item_id[i] for i in chosen[u][1]], np.int64) for u in users],
+            "pair_repr": [v.reshape(-1) for v in result.vectors],
+            "pair_score": list(result.scores),
+            "expires_at": when + ttl,
+            "event_timestamp": when,
+        }
+    )
+    write_rows(cfg, store, frame, bundle.bundle_id, when)
+    pairs = int(sum(len(chosen[u][1]) for u in users))
+    out = base | {
+        "users": len(users),
+        "pairs": pairs,
+        "rows_written": len(frame),
+        "cpu_s": result.cpu_s,
+        "retries": result.retries,
+        "seconds": time.perf_counter() - started,
+        "message": f"{len(users)} users, {pairs} pairs written",
+    }
+    log.info("speculative precompute at %s: %s", when.isoformat(), out)
+    return out
+
+
+def write_rows(
+    cfg: Config, store: FeatureStore, frame: pd.DataFrame, bundle_id: str, when: pd.Timestamp
+) -> None:
+    """Write complete rows offline (parquet history) and online; pair vectors vary in length per user."""
+    from specrec.nearline.online_writer import write_online
+
+    folder = offline_dir(store, VIEW) / f"bundle={bundle_id}"
+    write_parquet(frame, folder / f"as_of={when.strftime('%Y-%m-%dT%H%M%S')}.parquet")
+    write_online(
+        store,
+        VIEW,
+        frame,
+        batch_rows=cfg.feast.write_batch_rows,
+        progress=False,
+        vector_dims={"pair_repr": None, "pair_score": None},
+    )

@@ -1,0 +1,503 @@
+"""Replay semantics for speculation: requests, windows, the FM's states and retrieval, and the simulation.
+
+- Every event (user u at time t) in the replayed span is a request. Its candidates are the top-N items
+  (speculation.candidates) of an exact inner-product search (faiss IndexFlatIP) over the index's item
+  embeddings, queried with the user's FM state, the user's known items excluded. With
+  `request_state: window` (default) the state and the excluded items are those of the nearline
+  `user_state` at the start of the request's window (what the serving path reads); with `event` they
+  include every event before the request (a per-event streaming state, the strictest reading).
+- Precompute runs at each window start s = start + k*W and uses only events before s. A user's row
+  replaces the previous one and is a miss from s + ttl on (accounting.Ledger).
+- A predicted user whose live row was computed from the same history is not recomputed: the row
+  already holds those pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import faiss
+import numpy as np
+import pandas as pd
+import torch
+
+from models.speculator import (
+    ActivityModel,
+    ActivityTimes,
+    activity_features,
+    candidate_windows,
+    random_pairs,
+    rank_curve,
+    recent_users,
+    select_pairs,
+    train_activity,
+)
+from specrec.config import SpeculationConfig, parse_duration
+from specrec.speculation.accounting import Ledger
+from specrec.speculation.pairs import _left_pad, pair_batches
+
+if TYPE_CHECKING:
+    from models.hstu import HSTU
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("predictor", "recent", "random")
+Key = tuple[int, int]  # (user_id, events of the user the state uses)
+
+
+def seconds(spec: SpeculationConfig, key: str) -> int:
+    """A duration of the speculation section in whole seconds."""
+    return int(parse_duration(f"speculation.{key}", getattr(spec, key)).total_seconds())
+
+
+@dataclass(frozen=True)
+class Requests:
+    """Replayed requests in time order."""
+
+    window: np.ndarray  # (R,) window index
+    user: np.ndarray  # (R,) user_id
+    t: np.ndarray  # (R,) unix seconds
+    item: np.ndarray  # (R,) item_idx of the event (the label)
+    history: np.ndarray  # (R,) the user's events the request's state uses (0 = cold start)
+
+
+class World:
+    """Events up to `end`, per-user histories, the FM's states and ahead-of-time retrieval (cached)."""
+
+    def __init__(
+        self,
+        fm: HSTU,
+        events: pd.DataFrame,
+        index_items: np.ndarray,
+        spec: SpeculationConfig,
+        end: pd.Timestamp,
+    ) -> None:
+        self.fm, self.spec = fm, spec
+        self.window_s, self.ttl_s = seconds(spec, "window"), seconds(spec, "ttl")
+        self.horizon_s, self.gap_s = seconds(spec, "activity_horizon"), seconds(spec, "session_gap")
+        known = events[events["timestamp"] < end].sort_values(
+            ["user_id", "timestamp", "event_id"], kind="stable"
+        )
+        self.events = known
+        secs = known["timestamp"].astype("int64").to_numpy() // 1_000_000_000
+        self.times = ActivityTimes.build(known["user_id"].to_numpy(), secs, self.gap_s)
+        self.hist: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        items = known["item_idx"].to_numpy(np.int64)
+        for user, rows in known.groupby("user_id", sort=False).indices.items():
+            self.hist[int(user)] = (items[rows], secs[rows])
+        with torch.no_grad():
+            self.table = fm.item_embeddings().numpy().astype(np.float32)  # (n_items+1, D)
+        self.index_items = np.sort(np.asarray(index_items, np.int64))
+        self.index = faiss.IndexFlatIP(self.table.shape[1])
+        self.index.add(self.table[self.index_items])
+        self._state: dict[Key, np.ndarray] = {}
+        self._top: dict[Key, np.ndarray] = {}
+
+    # ---- histories, states and retrieval ---------------------------------------------------------------
+
+    def history(self, key: Key) -> tuple[np.ndarray, np.ndarray]:
+        """The first n events (item_idx, unix s) of the user."""
+        items, secs = self.hist.get(key[0], (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        return items[: key[1]], secs[: key[1]]
+
+    def count_before(self, users: np.ndarray, at: np.ndarray | int) -> np.ndarray:
+        """Events of each user_id strictly before `at`."""
+        dense = self.times.dense(np.asarray(users, np.int64))
+        at = np.broadcast_to(np.asarray(at, np.int64), dense.shape)
+        out = np.zeros(len(dense), np.int64)
+        ok = dense >= 0
+        out[ok] = self.times.count_before(dense[ok], at[ok])
+        return out
+
+    @torch.no_grad()
+    def ensure(self, keys: list[Key], batch: int = 128) -> None:
+        """Compute (and cache) FM states and top-max_rank retrieval for keys with a history."""
+        todo = sorted({k for k in keys if k[1] > 0 and k not in self._top})
+        max_len = self.fm.config.max_len
+        for lo in range(0, len(todo), batch):
+            part = todo[lo : lo + batch]
+            items, ts = _left_pad([self.history(k) for k in part], max_len)
+            states = self.fm.user_state(items, ts).numpy().astype(np.float32)  # (B, D)
+            seen = [np.unique(self.history(k)[0]) for k in part]
+            depth = min(len(self.index_items), self.spec.max_rank + max(len(s) for s in seen))
+            _, rows = self.index.search(states, depth)  # (B, depth) exact inner product
+            for b, k in enumerate(part):
+                got = self.index_items[rows[b][rows[b] >= 0]]
+                self._state[k] = states[b]
+                self._top[k] = got[~np.isin(got, seen[b])][: self.spec.max_rank]
+
+    def top(self, key: Key) -> np.ndarray:
+        """Retrieved item_idx by rank for the key (empty for a cold start)."""
+        if key[1] == 0:
+            return np.zeros(0, np.int64)
+        if key not in self._top:
+            self.ensure([key])
+        return self._top[key]
+
+    def state(self, key: Key) -> np.ndarray:
+        """The FM user state of the key."""
+        self.top(key)
+        return self._state[key]
+
+    # ---- requests and predictions ----------------------------------------------------------------------
+
+    def n_windows(self, start_s: int, end_s: int) -> int:
+        """Windows needed to cover [start_s, end_s)."""
+        return max(0, -(-(end_s - start_s) // self.window_s))
+
+    def requests(self, start_s: int, end_s: int) -> Requests:
+        """The events in [start_s, end_s) as requests, in time order."""
+        ev = self.events
+        secs = ev["timestamp"].astype("int64").to_numpy() // 1_000_000_000
+        position = ev.groupby("user_id", sort=False).cumcount().to_numpy()
+        pick = (secs >= start_s) & (secs < end_s)
+        order = np.argsort(secs[pick], kind="stable")
+        users = ev["user_id"].to_numpy(np.int64)[pick][order]
+        t = secs[pick][order]
+        window = (t - start_s) // self.window_s
+        if self.spec.request_state == "window":
+            history = self.count_before(users, start_s + window * self.window_s)
+        else:
+            history = position[pick][order].astype(np.int64)
+        return Requests(window, users, t, ev["item_idx"].to_numpy(np.int64)[pick][order], history)
+
+    def examples(self, start_s: int, n_windows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Candidate (dense user, window) pairs of the span, their features and whether the user made a
+        request before a row written at the window start would expire (in [s, s + ttl)): the event that
+        makes a precomputed row useful."""
+        dense, k = candidate_windows(self.times, start_s, n_windows, self.window_s, self.horizon_s)
+        at = start_s + k * self.window_s
+        x = activity_features(self.times, dense, at, self.window_s)
+        active = self.times.count_between(dense, at, at + self.ttl_s) > 0
+        return dense, k, x, active.astype(np.float32)
+
+
+# ---- the predictor -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Predictor:
+    """The trained activity model and the rank curve: everything the speculator ranks pairs with."""
+
+    model: ActivityModel
+    curve: np.ndarray  # (max_rank,) P(served | retrieval rank at the window start)
+    info: dict[str, float] = field(default_factory=dict)
+
+
+def fit(world: World, train_start_s: int, train_end_s: int, curve_examples: int = 300) -> Predictor:
+    """Train the activity model on the windows of [train_start_s, train_end_s) and measure the rank curve."""
+    spec = world.spec
+    n_windows = (train_end_s - train_start_s - world.ttl_s) // world.window_s  # labels end by train_end
+    dense, k, x, y = world.examples(train_start_s, n_windows)
+    torch.manual_seed(spec.seed)
+    model = ActivityModel(x.shape[1], spec.hidden)
+    losses = train_activity(model, x, y, spec.epochs, spec.lr, spec.seed)
+    rng = np.random.default_rng(spec.seed)
+    positives = np.flatnonzero(y > 0)
+    sample = rng.choice(positives, size=min(curve_examples, len(positives)), replace=False)
+    served = []
+    for i in sample:
+        s = train_start_s + int(k[i]) * world.window_s
+        served.append(_served_ranks(world, int(world.times.users[dense[i]]), s))
+    curve = rank_curve(served, spec.max_rank, len(sample))
+    info = {
+        "train_examples": float(len(y)),
+        "train_active_share": float(y.mean()),
+        "train_loss": losses[-1],
+        "curve_examples": float(len(sample)),
+    }
+    return Predictor(model, curve, info)
+
+
+def _served_ranks(world: World, user: int, s: int) -> np.ndarray:
+    """Ranks (in the retrieval at s) of the candidates the user's requests in [s, s+W) were served."""
+    reqs = world.requests(s, s + world.window_s)
+    mine = reqs.user == user
+    key = (user, int(world.count_before(np.array([user]), s)[0]))
+    ahead = world.top(key)
+    served = [world.top((user, int(n)))[: world.spec.candidates] for n in np.unique(reqs.history[mine])]
+    if not served or len(ahead) == 0:
+        return np.zeros(0, np.int64)
+    union = np.unique(np.concatenate(served))
+    return np.flatnonzero(np.isin(ahead, union))
+
+
+@dataclass
+class Plan:
+    """Predicted P(active) of candidate users, grouped by window."""
+
+    by_window: dict[int, tuple[np.ndarray, np.ndarray]]  # window -> (user_ids, p)
+
+
+def plan(world: World, predictor: Predictor, start_s: int, n_windows: int) -> Plan:
+    """P(active) for every candidate (user, window) of the span, keeping users at or above min_p."""
+    dense, k, x, _ = world.examples(start_s, n_windows)
+    p = predictor.model.predict(x) if len(x) else np.zeros(0)
+    keep = p >= world.spec.min_p_active
+    users, k, p = world.times.users[dense[keep]], k[keep], p[keep]
+    order = np.argsort(k, kind="stable")
+    users, k, p = users[order], k[order], p[order]
+    bounds = np.flatnonzero(np.r_[True, k[1:] != k[:-1]]) if len(k) else np.zeros(0, np.int64)
+    ends = np.r_[bounds[1:], len(k)]
+    return Plan({int(k[a]): (users[a:b], p[a:b]) for a, b in zip(bounds, ends, strict=True)})
+
+
+# ---- the simulation ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Served:
+    """What one request met: its candidates, the live row it read and the hits."""
+
+    request: int
+    candidates: np.ndarray
+    row_items: np.ndarray | None
+    row_vectors: np.ndarray | None
+    hit: np.ndarray
+
+
+@dataclass
+class Outcome:
+    """One simulated strategy at one budget."""
+
+    strategy: str
+    budget: int
+    ledger: Ledger
+    spend: dict[int, int]  # window -> pairs precomputed
+    served: list[Served]
+    cpu_s: float  # measured CPU seconds of the FM pair work (0 when not computed)
+    pairs_computed: int
+    cold_requests: int
+
+
+def _selection(
+    world: World,
+    strategy: str,
+    k: int,
+    s: int,
+    budget: int,
+    ctx: dict[str, Any],
+    ledger: Ledger,
+) -> dict[int, tuple[int, np.ndarray]]:
+    """user_id -> (history, item_idx to precompute) for window k."""
+    spec = world.spec
+    if strategy == "predictor":
+        users, p = ctx["plan"].by_window.get(k, (np.zeros(0, np.int64), np.zeros(0)))
+        hist = world.count_before(users, s)
+        fresh = np.array(
+            [
+                (r := ledger.live(int(u), s)) is not None and r.history == h
+                for u, h in zip(users, hist, strict=True)
+            ],
+            bool,
+        )
+        users, p, hist = users[~fresh], p[~fresh], hist[~fresh]
+        pos, rank = select_pairs(p * (hist > 0), ctx["curve"], budget, spec.min_p_active)
+    elif strategy == "recent":
+        users, counts = ctx["last_window"].get(k - 1, (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        hist = world.count_before(users, s)
+        pos, rank = recent_users(counts * (hist > 0), spec.candidates, budget)
+    else:
+        n = ctx["spend"].get(k, 0)
+        firsts = ctx["first_event"]
+        users = ctx["all_users"][firsts < s]
+        hist = world.count_before(users, s)
+        pos, col = random_pairs(len(users), len(world.index_items), n, ctx["rng"])
+        out: dict[int, tuple[int, np.ndarray]] = {}
+        for u in np.unique(pos):
+            out[int(users[u])] = (int(hist[u]), np.unique(world.index_items[col[pos == u]]))
+        return out
+    out = {}
+    for u in np.unique(pos):
+        top = world.top((int(users[u]), int(hist[u])))
+        ranks = rank[pos == u]
+        out[int(users[u])] = (int(hist[u]), np.unique(top[ranks[ranks < len(top)]]))
+    return {u: v for u, v in out.items() if len(v[1])}
+
+
+def simulate(
+    world: World,
+    reqs: Requests,
+    start_s: int,
+    strategy: str,
+    budget: int,
+    ctx: dict[str, Any],
+    vectors: bool = False,
+) -> Outcome:
+    """Run precompute windows and requests in time order for one strategy at one budget."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy {strategy!r} is not one of {STRATEGIES}")
+    spec, ledger = world.spec, Ledger(world.ttl_s)
+    by_window: dict[int, list[int]] = defaultdict(list)
+    for i, w in enumerate(reqs.window):
+        by_window[int(w)].append(i)
+    windows = set(by_window)
+    if strategy == "predictor":
+        windows |= set(ctx["plan"].by_window)
+    elif strategy == "recent":
+        windows |= {w + 1 for w in by_window}
+    else:
+        windows |= set(ctx["spend"])
+    spend: dict[int, int] = {}
+    served: list[Served] = []
+    cpu, computed, cold = 0.0, 0, 0
+    for k in sorted(windows):
+        s = start_s + k * world.window_s
+        chosen = _selection(world, strategy, k, s, budget, ctx, ledger)
+        if chosen:
+            users = list(chosen)
+            vecs: list[Any] = [None] * len(users)
+            share = 0.0
+            if vectors:
+                result = pair_batches(
+                    world.fm.pair_repr,
+                    [world.history((u, chosen[u][0])) for u in users],
+                    [chosen[u][1] for u in users],
+                    world.fm.config.max_len,
+                    spec.batch_users,
+                    spec.batch_retries,
+                )
+                vecs, share = result.vectors, result.cpu_s / len(users)
+                cpu += result.cpu_s
+            for u, v in zip(users, vecs, strict=True):
+                ledger.precompute(k, u, s, chosen[u][0], chosen[u][1], v, share)
+            spend[k] = sum(len(chosen[u][1]) for u in users)
+            computed += spend[k]
+        for i in by_window.get(k, []):
+            key = (int(reqs.user[i]), int(reqs.history[i]))
+            cand = world.top(key)[: spec.candidates]
+            if len(cand) == 0:
+                cold += 1
+                continue
+            row, hit = ledger.request(k, key[0], int(reqs.t[i]), cand)
+            if ctx.get("record"):
+                served.append(
+                    Served(
+                        i, cand, None if row is None else row.items, None if row is None else row.payload, hit
+                    )
+                )
+    ledger_copy = ledger
+    ledger_copy.finish()
+    return Outcome(strategy, budget, ledger_copy, spend, served, cpu, computed, cold)
+
+
+def context(
+    world: World, reqs: Requests, predictor: Predictor | None, span_plan: Plan | None, seed: int
+) -> dict[str, Any]:
+    """What the strategies select from: the plan, the rank curve, last-window activity, the user list."""
+    last: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    frame = pd.DataFrame({"w": reqs.window, "u": reqs.user})
+    for w, grp in frame.groupby("w"):
+        counts = grp["u"].value_counts()
+        last[int(w)] = (counts.index.to_numpy(np.int64), counts.to_numpy(np.int64))
+    users = world.times.users
+    first = world.times.seconds[world.times.start[:-1]] if len(users) else np.zeros(0, np.int64)
+    return {
+        "plan": span_plan,
+        "curve": None if predictor is None else predictor.curve,
+        "last_window": last,
+        "all_users": users,
+        "first_event": first,
+        "rng": np.random.default_rng(seed),
+        "spend": {},
+    }
+
+
+def prefetch(world: World, reqs: Requests, span_plan: Plan, start_s: int) -> None:
+    """Compute states and retrieval for every key the simulations will ask for, in big batches."""
+    keys = [(int(u), int(n)) for u, n in zip(reqs.user, reqs.history, strict=True)]
+    for k, (users, _) in span_plan.by_window.items():
+        s = start_s + k * world.window_s
+        keys += [(int(u), int(n)) for u, n in zip(users, world.count_before(users, s), strict=True)]
+    for w in np.unique(reqs.window):
+        s = start_s + (int(w) + 1) * world.window_s
+        users = np.unique(reqs.user[reqs.window == w])
+        keys += [(int(u), int(n)) for u, n in zip(users, world.count_before(users, s), strict=True)]
+    started = time.perf_counter()
+    world.ensure(keys)
+    log.info("states and retrieval for %d keys in %.1f s", len(set(keys)), time.perf_counter() - started)
+
+
+# ---- quality -------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def quality(
+    world: World,
+    reqs: Requests,
+    outcome: Outcome,
+    scorer: Any,
+    stats: Any,
+    batch: int = 256,
+) -> dict[str, float]:
+    """NDCG@10 / HR@10 over the served requests: the thin scorer with FM pair vectors on hits, the same
+    scorer without them, and the full FM's pair scores on every candidate (the upper bound).
+
+    `stats(t)` gives the (n_items+1, F) item-statistics table the scorer saw at time t. The full FM
+    scores each request's candidates with the same history as the request's state.
+    """
+    from models.evaluate import metrics_from_ranks
+
+    served = outcome.served
+    keys = [(int(reqs.user[r.request]), int(reqs.history[r.request])) for r in served]
+    teacher = _full_fm(world, keys, [r.candidates for r in served])
+    ranks: dict[str, list[torch.Tensor]] = {"with": [], "without": [], "full_fm": []}
+    for lo in range(0, len(served), batch):
+        part = served[lo : lo + batch]
+        cand = np.stack([r.candidates for r in part])  # (B, N)
+        u = torch.from_numpy(np.stack([world.state(k) for k in keys[lo : lo + batch]]))  # (B, D)
+        e = torch.from_numpy(world.table[cand])  # (B, N, D)
+        s = torch.from_numpy(
+            np.stack([stats(int(reqs.t[r.request]))[c] for r, c in zip(part, cand, strict=True)])
+        )
+        p, hit = np.zeros(e.shape, np.float32), np.zeros(cand.shape, np.float32)
+        for b, r in enumerate(part):
+            if r.row_vectors is not None and r.hit.any():
+                at = np.searchsorted(r.row_items, r.candidates[r.hit])
+                p[b, r.hit] = np.asarray(r.row_vectors)[at]
+                hit[b, r.hit] = 1.0
+        label = np.array([reqs.item[r.request] for r in part])
+        found = cand == label[:, None]
+        col = torch.from_numpy(np.where(found.any(1), found.argmax(1), -1))
+        scores = {
+            "with": scorer(u, e, torch.from_numpy(p), torch.from_numpy(hit), s),
+            "without": scorer(u, e, torch.from_numpy(p), torch.zeros(hit.shape), s),
+            "full_fm": torch.from_numpy(np.stack(teacher[lo : lo + batch])),
+        }
+        for name, sc in scores.items():
+            own = sc.gather(1, col.clamp(min=0).unsqueeze(1))
+            ranks[name].append(torch.where(col >= 0, (sc > own).sum(1), torch.full_like(col, 10**9)))
+    out: dict[str, float] = {}
+    for name, parts in ranks.items():
+        m = metrics_from_ranks(torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long), (10,))
+        out |= {f"ndcg@10_{name}": float(m["ndcg@10"]), f"hr@10_{name}": float(m["hr@10"])}
+    gain = out["ndcg@10_full_fm"] - out["ndcg@10_without"]
+    out["quality_recovered"] = (
+        (out["ndcg@10_with"] - out["ndcg@10_without"]) / gain if gain > 0 else float("nan")
+    )
+    return out
+
+
+def _full_fm(world: World, keys: list[Key], cands: list[np.ndarray]) -> list[np.ndarray]:
+    """FM pair scores of each request's candidates (computed once per distinct (key, candidates))."""
+    distinct: dict[tuple[Key, bytes], int] = {}
+    for k, c in zip(keys, cands, strict=True):
+        distinct.setdefault((k, c.tobytes()), len(distinct))
+    order = list(distinct)
+    cand_of = {
+        kc: c
+        for kc, c in zip(((k, c.tobytes()) for k, c in zip(keys, cands, strict=True)), cands, strict=True)
+    }
+    result = pair_batches(
+        world.fm.pair_repr,
+        [world.history(k) for k, _ in order],
+        [cand_of[kc] for kc in order],
+        world.fm.config.max_len,
+        world.spec.batch_users,
+        world.spec.batch_retries,
+    )
+    return [result.scores[distinct[(k, c.tobytes())]] for k, c in zip(keys, cands, strict=True)]
