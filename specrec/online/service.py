@@ -41,6 +41,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_K = 1000
+IO_WORKERS = 8
+# After a store error or timeout, requests answer degraded without touching the store for this long;
+# then the next request probes it again. Reads stuck on a dead store never pile up behind new ones.
+BREAKER_COOLDOWN_S = 0.5
+READY_TIMEOUT_S = 1.0
 MAX_ITEMS = 1000
 USER_FEATURES = [
     "user_state:state",
@@ -147,7 +152,9 @@ class Scorer:
     ) -> None:
         self.store, self.state = store, state
         self.candidates, self.deadline_s, self.parallel = candidates, deadline_s, parallel
-        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="specrec-io")
+        self.pool = ThreadPoolExecutor(max_workers=IO_WORKERS, thread_name_prefix="specrec-io")
+        self._inflight = 0  # store reads submitted and not finished (event-loop thread only)
+        self._open_until = 0.0  # circuit breaker: no store reads before this monotonic time
         # A request's model is tiny: torch's intra-op threads would only spin against the I/O threads.
         torch.set_num_threads(1)
         self.metrics = Metrics()
@@ -187,19 +194,36 @@ class Scorer:
         self.metrics.stage.labels("retrieval").observe(time.perf_counter() - t)
         return rows[0][rows[0] >= 0]
 
-    def _start_user_side(self, state: ServingState, user_id: int) -> asyncio.Future[UserSide]:
-        """Start the user-side read on the I/O pool; the store call runs while the caller goes on."""
+    def _start_user_side(self, state: ServingState, user_id: int) -> asyncio.Future[UserSide] | str:
+        """Start the user-side read on the I/O pool, or say why not (circuit open, pool saturated)."""
+        if time.monotonic() < self._open_until:
+            return "store_circuit_open"
+        if self._inflight >= IO_WORKERS:  # every worker is stuck on the store: do not queue behind them
+            return "store_busy"
+        self._inflight += 1
         loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self.pool, self._read_user, state, user_id, time.time())
+        pending = loop.run_in_executor(self.pool, self._read_user, state, user_id, time.time())
+        pending.add_done_callback(self._read_done)
+        return pending
 
-    async def _user_side(self, pending: asyncio.Future[UserSide], user_id: int) -> UserSide:
+    def _read_done(self, done: asyncio.Future[UserSide]) -> None:
+        """A store read finished (perhaps long after its request gave up on it)."""
+        self._inflight -= 1
+        if not done.cancelled():
+            done.exception()  # retrieved here: a late failure was already answered as degraded
+
+    async def _user_side(self, pending: asyncio.Future[UserSide] | str, user_id: int) -> UserSide:
         """The user branch under the deadline; a slow or failing store degrades instead of failing."""
+        if isinstance(pending, str):
+            self.metrics.fallbacks.labels(pending).inc()
+            return UserSide(None, set(), {}, True)
         try:
-            return await asyncio.wait_for(pending, self.deadline_s)
+            return await asyncio.wait_for(asyncio.shield(pending), self.deadline_s)
         except Exception as exc:  # noqa: BLE001 - timeout or store error: answer degraded
             reason = "store_timeout" if isinstance(exc, TimeoutError) else "store_error"
             self.metrics.fallbacks.labels(reason).inc()
-            log.warning("user side degraded for user %s: %s", user_id, reason)
+            self._open_until = time.monotonic() + BREAKER_COOLDOWN_S
+            log.warning("user side degraded for user %s: %s (%s)", user_id, reason, exc or type(exc).__name__)
             return UserSide(None, set(), {}, True)
 
     def _cold_start(self, state: ServingState, k: int, t0: float) -> dict[str, Any]:
@@ -340,7 +364,11 @@ def create_app(scorer: Scorer, watcher: Any | None = None) -> FastAPI:
     @app.get("/readyz")
     async def readyz(response: Response) -> dict[str, Any]:
         """A bundle is loaded and the online store is reachable."""
-        ok = await asyncio.get_running_loop().run_in_executor(scorer.pool, scorer.ready)
+        probe = asyncio.get_running_loop().run_in_executor(None, scorer.ready)  # not the request pool
+        try:
+            ok = await asyncio.wait_for(probe, READY_TIMEOUT_S)
+        except TimeoutError:
+            ok = False
         response.status_code = 200 if ok else 503
         return {"ready": ok, "bundle_id": scorer.state.bundle.bundle_id}
 
