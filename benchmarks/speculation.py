@@ -13,6 +13,7 @@ logs an MLflow run (experiment `speculation`, per-window accounting and the cove
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -36,11 +37,28 @@ from specrec.speculation.models import serving_models  # noqa: E402
 from specrec.tracking import experiment_id, use_project_store  # noqa: E402
 
 
+def _finite(value: object) -> object:
+    """NaN/inf become null, so the JSON is strict."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    return value
+
+
 def main() -> None:
     """Run the replay and write the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speculation.json"))
+    parser.add_argument(
+        "--request-state",
+        choices=["window", "event"],
+        default=None,
+        help="Override speculation.request_state (event: per-event streaming user state, a sensitivity run).",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("faiss", "alembic", "mlflow"):
@@ -48,6 +66,10 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = load_config(args.params)
     use_project_store(cfg.root)
+    if args.request_state:
+        cfg = dataclasses.replace(
+            cfg, speculation=dataclasses.replace(cfg.speculation, request_state=args.request_state)
+        )
     spec, clock = cfg.speculation, ReplayClock.from_config(cfg.clock)
     started = time.perf_counter()
     fm, scorer, versions = serving_models(mlflow.MlflowClient())
@@ -70,9 +92,7 @@ def main() -> None:
 
     result = evaluate.evaluate_span(world, predictor, s0, e0, scorer, stats)
     seconds = time.perf_counter() - started
-    command = "python benchmarks/speculation.py" + (
-        "" if args.params == str(ROOT / "params.yaml") else f" --params {args.params}"
-    )
+    command = " ".join(["python", "benchmarks/speculation.py", *sys.argv[1:]])
     d = result.default
     out = {
         "budgets": [
@@ -95,7 +115,8 @@ def main() -> None:
             "ndcg@10_with": d["ndcg@10_with"],
             "ndcg@10_without": d["ndcg@10_without"],
             "ndcg@10_full_fm": d["ndcg@10_full_fm"],
-            "quality_recovered": d["quality_recovered"],
+            # (with - without) / (full_fm - without); null when the full FM gains nothing over "without"
+            "quality_recovered": d["quality_recovered"] if np.isfinite(d["quality_recovered"]) else None,
         },
         "command": command,
     }
@@ -128,9 +149,7 @@ def main() -> None:
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
-    path.with_name(path.stem + "_details.json").write_text(
-        json.dumps(details, indent=2, default=float) + "\n"
-    )
+    path.with_name(path.stem + "_details.json").write_text(json.dumps(_finite(details), indent=2) + "\n")
     print(json.dumps(out, indent=2))
     print(
         f"replay of {int(d['requests'])} requests in {seconds:.0f} s; "

@@ -354,6 +354,46 @@ def model_rollback(
     _run(run, params)
 
 
+speculation_app = typer.Typer(help="Speculation: predictor and speculative precompute.", no_args_is_help=True)
+app.add_typer(speculation_app, name="speculation")
+
+
+@speculation_app.command("train")
+def speculation_train(
+    as_of: Annotated[
+        str, typer.Option(help="Train on windows known at this instant; 'first' = the first cycle.")
+    ],
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Fit, evaluate and register specrec-speculator (flow retrain_speculator); gate the champion."""
+    from flows.retrain_speculator import retrain_speculator
+
+    def run(cfg: Config) -> None:
+        out = retrain_speculator(as_of=_as_of(cfg, as_of), params=str(params.resolve()))
+        typer.echo(
+            f"specrec-speculator v{out['version']}: coverage {out['coverage']:.3f}, precision "
+            f"{out['precision']:.3f}, {'promoted' if out['promoted'] else 'rejected'} ({out['reason']})"
+        )
+
+    _run(run, params)
+
+
+@speculation_app.command("precompute")
+def speculation_precompute(
+    as_of: Annotated[str, typer.Option(help="The window's start: only events before it are used.")],
+    window: Annotated[str | None, typer.Option(help="Window length (default speculation.window).")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Precompute FM pair representations for one window into Feast `speculative` (flow)."""
+    from flows.speculative_precompute import speculative_precompute
+
+    def run(cfg: Config) -> None:
+        out = speculative_precompute(as_of=as_of, window=window, params=str(params.resolve()))
+        typer.echo(f"speculative precompute at {out['as_of']}: {out['message']}")
+
+    _run(run, params)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -241,7 +241,9 @@ def plan(world: World, predictor: Predictor, start_s: int, n_windows: int) -> Pl
     users, k, p = world.times.users[dense[keep]], k[keep], p[keep]
     order = np.argsort(k, kind="stable")
     users, k, p = users[order], k[order], p[order]
-    bounds = np.flatnonzero(np.r_[True, k[1:] != k[:-1]]) if len(k) else np.zeros(0, np.int64)
+    if len(k) == 0:
+        return Plan({})
+    bounds = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
     ends = np.r_[bounds[1:], len(k)]
     return Plan({int(k[a]): (users[a:b], p[a:b]) for a, b in zip(bounds, ends, strict=True)})
 

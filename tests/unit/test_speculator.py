@@ -79,7 +79,9 @@ def test_ledger_accounting_on_a_constructed_case() -> None:
     assert hit.tolist() == [True, True, False]
     ledger.request(0, user=2, at=150, candidates=np.array([20, 21]))  # expired at 100: a miss
     ledger.request(1, user=3, at=160, candidates=np.array([30]))  # no row: a miss
-    ledger.precompute(2, user=1, computed_at=200, history=6, items=np.array([11, 14]))  # replaces user 1's row
+    ledger.precompute(
+        2, user=1, computed_at=200, history=6, items=np.array([11, 14])
+    )  # replaces user 1's row
     ledger.request(2, user=1, at=260, candidates=np.array([10, 14]))  # 10 was only in the old row: 1 hit
     ledger.finish()
     s = ledger.summary(cpu_s_per_pair=0.1)

@@ -1,0 +1,256 @@
+"""Speculation end to end in the temp project: retrain_speculator and speculative_precompute as real Prefect
+flow runs against the real MLflow registry and Feast store; an empty window; a failing FM batch (retried,
+and all-or-nothing); expired and other-bundle rows are misses for the real scorer."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import mlflow
+from flows.retrain_speculator import retrain_speculator
+from flows.speculative_precompute import speculative_precompute
+from specrec.clock import ReplayClock
+from specrec.nearline import bundles
+from specrec.nearline.materialize import load_fm, materialize_items
+from specrec.nearline.store import apply
+from specrec.nearline.user_state import update_user_state
+from specrec.speculation import replay
+from specrec.speculation.pairs import PrecomputeError
+from specrec.speculation.precompute import precompute_window, write_rows
+from specrec.speculation.registry import REGISTERED_MODEL, load_champion
+from specrec.tracking import experiment_id
+from tests.integration.conftest import TinyProject
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def harness() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_project: TinyProject, harness: None) -> dict:  # type: ignore[type-arg]
+    """A serving bundle of the tiny project (cycle 1), then one retrain_speculator flow run at cycle 2."""
+    from specrec.tracking import use_project_store
+
+    torch.set_num_threads(1)
+    cfg = tiny_project.cfg
+    use_project_store(cfg.root)
+    store, client = apply(cfg), mlflow.MlflowClient()
+    clock = ReplayClock.from_config(cfg.clock)
+    parts = bundles.champion_parts(client) | {"codebook": "speculation-test"}
+    bundle = bundles.register(client, parts, experiment_id(cfg.root, "materialize"))
+    materialize_items(cfg, clock.cycle(1).as_of, bundle, store, client, progress=False)
+    bundles.promote_serving(client, bundle)
+    update_user_state(cfg, clock.cycle(1).as_of, bundle, store)
+    state = retrain_speculator(
+        as_of=clock.cycle(2).as_of.isoformat(), params=str(tiny_project.params), return_state=True
+    )
+    assert state.is_completed(), state
+    return {"result": state.result(), "bundle": bundle, "store": store, "client": client}
+
+
+def _windows(tiny: TinyProject, min_users: int) -> list[pd.Timestamp]:
+    """Window starts in cycle 2 where the champion predicts at least min_users users (most first)."""
+    cfg = tiny.cfg
+    clock = ReplayClock.from_config(cfg.clock)
+    start, end = clock.cycle(2).start, clock.cycle(2).as_of
+    events = pd.read_parquet(cfg.path(cfg.paths.prepared) / "interactions.parquet")
+    fm = load_fm(bundles.serving(mlflow.MlflowClient()).fm_version)
+    world = replay.World(fm, events, np.arange(1, 10), cfg.speculation, end)
+    s0 = int(start.timestamp())
+    plan = replay.plan(
+        world, load_champion(mlflow.MlflowClient()).predictor, s0, world.n_windows(s0, int(end.timestamp()))
+    )
+    ks = sorted(
+        (k for k, (u, _) in plan.by_window.items() if len(u) >= min_users),
+        key=lambda k: -len(plan.by_window[k][0]),
+    )
+    return [pd.Timestamp(s0 + k * world.window_s, unit="s", tz="UTC") for k in ks]
+
+
+def _rows(store: object, users: list[int], bundle_id: str) -> dict[int, object]:
+    got = store.get_online_features(  # type: ignore[attr-defined]
+        features=[
+            "speculative:item_ids",
+            "speculative:pair_repr",
+            "speculative:pair_score",
+            "speculative:expires_at",
+        ],
+        entity_rows=[{"user_id": u, "bundle_id": bundle_id} for u in users],
+    ).to_dict()
+    return {
+        u: (i, r, s, e)
+        for u, i, r, s, e in zip(
+            users, got["item_ids"], got["pair_repr"], got["pair_score"], got["expires_at"], strict=True
+        )
+        if i
+    }
+
+
+def test_retrain_registers_gates_and_logs_the_accounting(trained: dict, tiny: TinyProject) -> None:  # type: ignore[type-arg]
+    result, client = trained["result"], trained["client"]
+    assert str(client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version) == result["version"]
+    assert 0 < result["coverage"] <= 1 and 0 < result["precision"] <= 1
+    run = client.get_run(result["run_id"])
+    assert run.info.experiment_id == experiment_id(tiny.cfg.root, "speculation")
+    assert run.info.run_name == str(ReplayClock.from_config(tiny.cfg.clock).cycle(2).as_of.date())
+    for key in (
+        "coverage",
+        "precision",
+        "wasted_cpu_s",
+        "staleness_p50_s",
+        "coverage_b50",
+        "recent_heuristic_coverage_b1000",
+    ):
+        assert key in run.data.metrics, key
+    assert len(client.get_metric_history(run.info.run_id, "window_coverage")) > 1  # per-window accounting
+    assert "plots/coverage_vs_budget.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    # the gate's decision is on the version; a second run at the same as_of is judged against the champion
+    version = client.get_model_version(REGISTERED_MODEL, result["version"])
+    assert version.tags["gate_decision"] == "promoted" and "gate_f1" in version.tags
+
+
+def test_precompute_writes_complete_rows_that_the_scorer_reads(trained: dict, tiny: TinyProject) -> None:  # type: ignore[type-arg]
+    store, bundle = trained["store"], trained["bundle"]
+    when = _windows(tiny, 1)[0]
+    state = speculative_precompute(as_of=when.isoformat(), params=str(tiny.params), return_state=True)
+    assert state.is_completed(), state
+    out = state.result()
+    assert out["rows_written"] == out["users"] >= 1 and out["pairs"] <= tiny.cfg.speculation.budget
+    events = pd.read_parquet(tiny.cfg.path(tiny.cfg.paths.prepared) / "interactions.parquet")
+    users = sorted(events.loc[events["timestamp"] < when, "user_id"].unique().tolist())
+    rows = _rows(store, users, bundle.bundle_id)
+    assert len(rows) == out["users"]
+    for items, flat, score, expires in rows.values():
+        assert len(flat) == len(items) * tiny.cfg.fm.dim and len(score) == len(items)  # one complete row
+        assert pd.Timestamp(expires) == when + pd.Timedelta(tiny.cfg.speculation.ttl)
+    # a rerun of the same window finds every predicted user's row fresh and computes nothing
+    again = speculative_precompute(as_of=when.isoformat(), params=str(tiny.params))
+    assert again["rows_written"] == 0 and again["skipped_fresh_users"] == out["users"]
+
+
+def test_window_with_no_predicted_users_writes_nothing(trained: dict, tiny: TinyProject) -> None:  # type: ignore[type-arg]
+    events = pd.read_parquet(tiny.cfg.path(tiny.cfg.paths.prepared) / "interactions.parquet")
+    t = events["timestamp"].sort_values()
+    gaps = t.diff()
+    horizon = pd.Timedelta(tiny.cfg.speculation.activity_horizon)
+    quiet = t[
+        (gaps > horizon + pd.Timedelta("2h")) & (t > ReplayClock.from_config(tiny.cfg.clock).start)
+    ].index[0]
+    when = (t.loc[:quiet].iloc[-2] + horizon + pd.Timedelta("1h")).floor("5min")
+    offline = tiny.cfg.root / "data" / "feast" / "offline" / "speculative"
+    before = sorted(offline.rglob("*.parquet")) if offline.exists() else []
+    out = speculative_precompute(as_of=when.isoformat(), params=str(tiny.params))
+    assert out["rows_written"] == 0 and out["users"] == 0 and "no predicted users" in out["message"]
+    assert (sorted(offline.rglob("*.parquet")) if offline.exists() else []) == before
+
+
+def test_failing_fm_batch_is_retried_and_never_leaves_partial_rows(trained: dict, tiny: TinyProject) -> None:  # type: ignore[type-arg]
+    store, client, bundle = trained["store"], trained["client"], trained["bundle"]
+    cfg = dataclasses.replace(tiny.cfg, speculation=dataclasses.replace(tiny.cfg.speculation, batch_users=1))
+    windows = _windows(tiny, 2)
+    fm = load_fm(bundle.fm_version)
+    calls = {"n": 0}
+
+    def flaky(items: torch.Tensor, ts: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second batch fails once
+            raise RuntimeError("simulated FM failure")
+        return fm.pair_repr(items, ts, cand)
+
+    out = precompute_window(cfg, windows[-1], store, client, compute=flaky)
+    assert out["retries"] == 1 and out["rows_written"] == out["users"] >= 2
+    assert calls["n"] == out["users"] + 1
+
+    def broken(
+        items: torch.Tensor, ts: torch.Tensor, cand: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        calls["n"] += 1
+        if calls["n"] > 1:  # the first batch succeeds, every later one fails
+            raise RuntimeError("FM down")
+        return fm.pair_repr(items, ts, cand)
+
+    calls["n"] = 0
+    used = [windows[-1], _windows(tiny, 1)[0]]  # their users have fresh rows now and would be skipped
+    target = next(w for w in windows if all(abs(w - u) > pd.Timedelta("2h") for u in used))
+    events = pd.read_parquet(tiny.cfg.path(tiny.cfg.paths.prepared) / "interactions.parquet")
+    users = sorted(events.loc[events["timestamp"] < target, "user_id"].unique().tolist())
+    before = _rows(store, users, bundle.bundle_id)
+    with pytest.raises(PrecomputeError, match="after 2 retries"):
+        precompute_window(cfg, target, store, client, compute=broken)
+    assert calls["n"] == 1 + 1 + cfg.speculation.batch_retries  # batch 1 ok, batch 2 tried 3 times
+    after = _rows(store, users, bundle.bundle_id)
+    assert {u: pd.Timestamp(r[3]) for u, r in after.items()} == {
+        u: pd.Timestamp(r[3]) for u, r in before.items()
+    }
+
+
+def test_expired_and_other_bundle_rows_are_misses_for_the_scorer(trained: dict, tiny: TinyProject) -> None:  # type: ignore[type-arg]
+    from specrec.online.app import build_scorer
+    from specrec.online.service import RecommendRequest
+
+    store, bundle = trained["store"], trained["bundle"]
+    scorer, _ = build_scorer(tiny.cfg, watch_seconds=3600)
+    assert scorer.state.bundle.bundle_id == bundle.bundle_id
+    users = sorted(scorer.state.user_snapshot)[:3]
+    dim = scorer.state.dim
+
+    def hits(user: int) -> int:
+        return int(asyncio.run(scorer.recommend(RecommendRequest(user_id=user, k=50)))["speculative_hits"])
+
+    def row(user: int, bundle_id: str, items: list[int], expires: pd.Timestamp) -> pd.DataFrame:
+        n = len(items)
+        return pd.DataFrame(
+            {
+                "user_id": [user],
+                "bundle_id": [bundle_id],
+                "item_ids": [np.asarray(items, np.int64)],
+                "pair_repr": [np.ones(n * dim, np.float32)],
+                "pair_score": [np.ones(n, np.float32)],
+                "expires_at": [expires],
+                "event_timestamp": [pd.Timestamp("2018-02-01", tz="UTC")],
+            }
+        )
+
+    now = pd.Timestamp(time.time(), unit="s", tz="UTC")
+    fresh, expired, other = users
+    for u in users:
+        assert hits(u) == 0
+    candidates = {u: asyncio.run(scorer.recommend(RecommendRequest(user_id=u, k=50)))["items"] for u in users}
+    write_rows(
+        tiny.cfg,
+        store,
+        row(fresh, bundle.bundle_id, candidates[fresh], now + pd.Timedelta("1h")),
+        bundle.bundle_id,
+        now,
+    )
+    write_rows(
+        tiny.cfg,
+        store,
+        row(expired, bundle.bundle_id, candidates[expired], now - pd.Timedelta("1s")),
+        bundle.bundle_id,
+        now,
+    )
+    write_rows(
+        tiny.cfg,
+        store,
+        row(other, "b-other-bundle", candidates[other], now + pd.Timedelta("1h")),
+        "b-other-bundle",
+        now,
+    )
+    assert hits(fresh) == 50  # a fresh row of the serving bundle: every candidate it holds is a hit
+    assert hits(expired) == 0  # expired: a miss
+    assert hits(other) == 0  # another bundle's row is never read
