@@ -63,6 +63,7 @@ class Requests:
     t: np.ndarray  # (R,) unix seconds
     item: np.ndarray  # (R,) item_idx of the event (the label)
     history: np.ndarray  # (R,) the user's events the request's state uses (0 = cold start)
+    position: np.ndarray  # (R,) the user's events before this one (what a full FM online would see)
 
 
 class World:
@@ -163,7 +164,8 @@ class World:
             history = self.count_before(users, start_s + window * self.window_s)
         else:
             history = position[pick][order].astype(np.int64)
-        return Requests(window, users, t, ev["item_idx"].to_numpy(np.int64)[pick][order], history)
+        items = ev["item_idx"].to_numpy(np.int64)[pick][order]
+        return Requests(window, users, t, items, history, position[pick][order].astype(np.int64))
 
     def examples(self, start_s: int, n_windows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Candidate (dense user, window) pairs of the span, their features and whether the user made a
@@ -439,15 +441,19 @@ def quality(
     """NDCG@10 / HR@10 over the served requests: the thin scorer with FM pair vectors on hits, the same
     scorer without them, and the full FM's pair scores on every candidate (the upper bound).
 
-    `stats(t)` gives the (n_items+1, F) item-statistics table the scorer saw at time t. The full FM
-    scores each request's candidates with the same history as the request's state.
+    `stats(t)` gives the (n_items+1, F) item-statistics table the scorer saw at time t. `full_fm` is the
+    FM run online at the request: every event before it in the history (the upper bound of the issue);
+    `full_fm_window` scores with the history of the request's state (what a 100%-coverage speculation
+    at the window start would give).
     """
     from models.evaluate import metrics_from_ranks
 
     served = outcome.served
     keys = [(int(reqs.user[r.request]), int(reqs.history[r.request])) for r in served]
-    teacher = _full_fm(world, keys, [r.candidates for r in served])
-    ranks: dict[str, list[torch.Tensor]] = {"with": [], "without": [], "full_fm": []}
+    fresh = [(int(reqs.user[r.request]), int(reqs.position[r.request])) for r in served]
+    teacher = _full_fm(world, fresh, [r.candidates for r in served])
+    teacher_window = _full_fm(world, keys, [r.candidates for r in served])
+    ranks: dict[str, list[torch.Tensor]] = {"with": [], "without": [], "full_fm": [], "full_fm_window": []}
     for lo in range(0, len(served), batch):
         part = served[lo : lo + batch]
         cand = np.stack([r.candidates for r in part])  # (B, N)
@@ -469,6 +475,7 @@ def quality(
             "with": scorer(u, e, torch.from_numpy(p), torch.from_numpy(hit), s),
             "without": scorer(u, e, torch.from_numpy(p), torch.zeros(hit.shape), s),
             "full_fm": torch.from_numpy(np.stack(teacher[lo : lo + batch])),
+            "full_fm_window": torch.from_numpy(np.stack(teacher_window[lo : lo + batch])),
         }
         for name, sc in scores.items():
             own = sc.gather(1, col.clamp(min=0).unsqueeze(1))
