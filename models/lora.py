@@ -66,13 +66,19 @@ def check_targets(base: HSTU, target_modules: Sequence[str]) -> None:
         )
 
 
-def wrap(base: HSTU, spec: AdapterSpec) -> PeftModel:
-    """A fresh adapter (LoRA B = 0: outputs equal the base's) on a copy of `base`; `base` is untouched."""
+def wrap(base: HSTU, spec: AdapterSpec, seed: int = 0) -> PeftModel:
+    """A fresh adapter (LoRA B = 0: outputs equal the base's) on a copy of `base`; `base` is untouched.
+
+    LoRA A is initialised from `seed` (without touching the global RNG), so the same inputs give the
+    same adapter.
+    """
     check_targets(base, spec.target_modules)
     bad = [i for i in spec.token_rows if not 1 <= i <= base.config.n_items]
     if bad:
         raise ValueError(f"token_rows {bad[:5]} are outside the item table 1..{base.config.n_items}")
-    return get_peft_model(copy.deepcopy(base), spec.peft_config())
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return get_peft_model(copy.deepcopy(base), spec.peft_config())
 
 
 def load(base: HSTU, directory: str | Path) -> PeftModel:

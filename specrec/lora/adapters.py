@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 from mlflow.exceptions import MlflowException
@@ -189,8 +188,13 @@ def rollback(client: MlflowClient, name: str = ADAPTER_MODEL) -> tuple[str, str]
     return current, previous
 
 
-def write_local(model: PeftModel, folder: Path) -> Path:
-    """Save an adapter in peft format to a local folder (the serving side reads it back with lora.load)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(folder))
-    return folder
+def serving_model(client: MlflowClient) -> tuple[HSTU, dict[str, str]]:
+    """What to serve: the champion adapter merged into its own base (merge_and_unload), else the bare base.
+
+    Returns the plain HSTU and the versions it was built from ({"fm": ..., "adapter": ... or ""}).
+    """
+    champion = champion_adapter(client)
+    if champion is None:
+        base, version = load_base(client)
+        return base, {"fm": version, "adapter": ""}
+    return lora.merge(champion.model), {"fm": champion.base_version, "adapter": champion.version}

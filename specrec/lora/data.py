@@ -41,7 +41,7 @@ class CycleData:
 
 def holdout_start(cycle_events: pd.DataFrame, cycle: Cycle, share: float) -> pd.Timestamp:
     """The time from which the newest `share` of the cycle's events are held out (cycle.as_of if none)."""
-    if cycle_events.empty:
+    if cycle_events.empty or share <= 0:
         return cycle.as_of
     ts = cycle_events["timestamp"].sort_values(kind="stable").reset_index(drop=True)
     n_hold = max(1, int(round(len(ts) * share)))

@@ -100,7 +100,7 @@ def train_adapter(
 ) -> tuple[PeftModel, lora.FinetuneResult]:
     """A new adapter on `base` trained on the cycle's windows, optionally warm-started from `warm_from`."""
     lc = cfg.lora
-    model = lora.wrap(base, spec(cfg, data.new_items))
+    model = lora.wrap(base, spec(cfg, data.new_items), lc.seed)
     if warm_from is not None:
         lora.warm_start(model, warm_from)
     result = lora.finetune(

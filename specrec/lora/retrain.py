@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 import mlflow
 from models.train import build_model, train
 from specrec.config import Config
@@ -82,6 +84,7 @@ def retrain_base(
         )
         data = _train_data(cfg, known[known["timestamp"] < cutoff], Path(tmp))
         cpu0 = time.process_time()
+        torch.manual_seed(cfg.fm.train.seed)  # the initial weights too, not only the training order
         model = build_model(cfg.fm.model, cfg.fm.model_config(data.n_items))
         result = train(model, data.train, data.valid, train_config(cfg, progress), _epoch_logger(rows), tmp)
         cpu_s = time.process_time() - cpu0

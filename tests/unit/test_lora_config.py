@@ -1,0 +1,43 @@
+"""The lora section of params.yaml: the shipped values load; bad values are rejected naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from specrec.config import load_config
+from specrec.errors import ConfigError
+
+
+def _load(tmp_path: Path, lora: dict) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"lora": lora}))
+    load_config(path)
+
+
+def test_shipped_lora_section(root: Path) -> None:
+    lc = load_config(root / "params.yaml").lora
+    assert lc.target_modules == ["f1", "f2"] and lc.r >= 1 and 0 < lc.holdout_share < 1
+    assert lc.drift.state.endswith(".json")
+
+
+@pytest.mark.parametrize(
+    ("lora", "key"),
+    [
+        ({"target_modules": "f1"}, "lora.target_modules"),
+        ({"target_modules": []}, "lora.target_modules"),
+        ({"target_modules": ["f1", 3]}, "lora.target_modules"),
+        ({"r": 0}, "lora.r"),
+        ({"replay_share": 1.0}, "lora.replay_share"),
+        ({"holdout_share": 0}, "lora.holdout_share"),
+        ({"promote_metric": "mrr"}, "lora.promote_metric"),
+        ({"min_events": 0}, "lora.min_events"),
+        ({"drift": {"clock": 0}}, "lora.drift.clock"),
+        ({"drift": {"unknown": 1}}, "lora.drift.unknown"),
+    ],
+)
+def test_bad_lora_values_are_named(tmp_path: Path, lora: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        _load(tmp_path, lora)
