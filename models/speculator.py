@@ -171,6 +171,7 @@ class ActivityModel(nn.Module):
 
     def __init__(self, n_features: int = len(FEATURES), hidden: int = 32) -> None:
         super().__init__()
+        self.hidden = hidden
         self.register_buffer("mean", torch.zeros(n_features))
         self.register_buffer("std", torch.ones(n_features))
         self.net = nn.Sequential(nn.Linear(n_features, hidden), nn.SiLU(), nn.Linear(hidden, 1))

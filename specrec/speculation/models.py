@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mlflow import MlflowClient
+from models.hstu import HSTU
 from specrec.errors import SpecrecError
 from specrec.nearline import bundles
 from specrec.nearline.materialize import load_fm
@@ -21,11 +22,22 @@ def serving_versions(client: MlflowClient) -> dict[str, str]:
     return {"fm": str(fm), "scorer": str(scorer or ""), "bundle": bundle.bundle_id if bundle else ""}
 
 
+def load_hstu(version: str) -> HSTU:
+    """The registered FM version as an HSTU (speculation needs its pair representations)."""
+    fm = load_fm(version)
+    if not isinstance(fm, HSTU):
+        raise SpecrecError(
+            f"specrec-fm v{version} is a {type(fm).__name__}; speculation precomputes the FM's pair "
+            "representations, which only the HSTU FM has. Set fm.model: hstu and retrain."
+        )
+    return fm
+
+
 def serving_models(client: MlflowClient) -> tuple[Any, Any, dict[str, str]]:
     """The torch FM, the thin scorer (None when the bundle has none) and their versions."""
     from specrec.online.train_scorer import load_registered
 
     versions = serving_versions(client)
-    fm = load_fm(versions["fm"])
+    fm = load_hstu(versions["fm"])
     scorer = load_registered(versions["scorer"]) if versions["scorer"] else None
     return fm, scorer, versions

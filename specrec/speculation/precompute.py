@@ -24,9 +24,9 @@ from specrec.config import Config, parse_duration
 from specrec.errors import SpecrecError
 from specrec.io import read_parquet, write_parquet
 from specrec.nearline import bundles
-from specrec.nearline.materialize import load_fm
 from specrec.nearline.store import offline_dir
 from specrec.speculation import replay
+from specrec.speculation.models import load_hstu
 from specrec.speculation.pairs import PairFn, pair_batches
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ def precompute_window(
             "no specrec-bundle@serving: materialize a bundle first (materialize_item_embeddings)."
         )
     predictor = load_champion(client)
-    fm = load_fm(bundle.fm_version)
+    fm = load_hstu(bundle.fm_version)
     events = read_parquet(cfg.path(cfg.paths.prepared) / "interactions.parquet", "prepared interactions")
     items = read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet", "prepared items")
     known = items[items["first_seen"] < when]

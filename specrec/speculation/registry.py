@@ -38,7 +38,7 @@ def save_predictor(predictor: Predictor, settings: dict[str, Any], folder: Path)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / WEIGHTS))
     config = {
         "features": list(FEATURES),
-        "hidden": int(model.net[0].out_features),
+        "hidden": model.hidden,
         "curve": predictor.curve.tolist(),
         "info": predictor.info,
         "settings": settings,

@@ -464,7 +464,7 @@ def quality(
         )
         p, hit = np.zeros(e.shape, np.float32), np.zeros(cand.shape, np.float32)
         for b, r in enumerate(part):
-            if r.row_vectors is not None and r.hit.any():
+            if r.row_vectors is not None and r.row_items is not None and r.hit.any():
                 at = np.searchsorted(r.row_items, r.candidates[r.hit])
                 p[b, r.hit] = np.asarray(r.row_vectors)[at]
                 hit[b, r.hit] = 1.0

@@ -149,3 +149,22 @@ def test_speculation_config_rejects_bad_values() -> None:
         SpeculationConfig(window="10min", ttl="5min")
     with pytest.raises(ConfigError, match="speculation.request_state"):
         SpeculationConfig(request_state="sometimes")
+
+
+def test_a_predictor_fit_at_as_of_cannot_see_later_events() -> None:
+    """The same fit from the log cut at as_of and from the whole log: identical weights and predictions."""
+    events = _synthetic_log(days=12)
+    spec = dataclasses.replace(SpeculationConfig(candidates=10, max_rank=20), epochs=2)
+    as_of = pd.Timestamp(T0 + 8 * DAY, unit="s", tz="UTC")
+    fm = _tiny_fm()
+    fits = []
+    for log in (events, events[events["timestamp"] < as_of]):
+        world = replay.World(fm, log, np.arange(1, 61), spec, as_of)
+        fits.append((world, replay.fit(world, T0, T0 + 8 * DAY)))
+    (w1, a), (w2, b) = fits
+    for (name, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+    np.testing.assert_array_equal(a.curve, b.curve)
+    pa = replay.plan(w1, a, T0 + 8 * DAY - 3600, 12).by_window
+    pb = replay.plan(w2, b, T0 + 8 * DAY - 3600, 12).by_window
+    assert pa.keys() == pb.keys() and all(np.array_equal(pa[k][1], pb[k][1]) for k in pa)
