@@ -127,6 +127,11 @@ def register_adapter(client: MlflowClient, model: PeftModel, run_id: str, tags: 
     return str(mv.version)
 
 
+def passes(score: float, champion_score: float | None, floor: float | None, tolerance: float) -> bool:
+    """The gate's rule without the registry: not worse than the floor and the champion, within tolerance."""
+    return all(ref is None or score > ref - tolerance for ref in (floor, champion_score))
+
+
 def gate(
     client: MlflowClient,
     name: str,
@@ -145,7 +150,7 @@ def gate(
     """
     tag = f"gate_{metric_key(metric)}"
     current = alias_version(client, name, CHAMPION)
-    if floor is not None and not score > floor - tolerance:
+    if not passes(score, None, floor, tolerance):
         reason = f"{metric} {score:.5f} is below the bare base's {floor:.5f} (tolerance {tolerance})"
         client.set_model_version_tag(name, version, tag, repr(float(score)))
         client.set_model_version_tag(name, version, "gate_decision", "rejected")

@@ -127,3 +127,21 @@ def test_same_inputs_give_the_same_adapter() -> None:
     torch.manual_seed(456)
     b = lora.adapter_state(_trained(base))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    ("score", "champion", "floor", "tolerance", "ok"),
+    [
+        (0.10, None, None, 0.0, True),  # nothing to beat
+        (0.10, 0.10, 0.05, 0.0, False),  # a tie with the champion is not a win without tolerance
+        (0.10, 0.10, 0.05, 0.001, True),
+        (0.10, 0.08, 0.12, 0.001, False),  # worse than the bare base
+        (0.10, 0.08, 0.1005, 0.001, True),  # within the tolerance of the bare base
+    ],
+)
+def test_gate_rule(
+    score: float, champion: float | None, floor: float | None, tolerance: float, ok: bool
+) -> None:
+    from specrec.lora.adapters import passes
+
+    assert passes(score, champion, floor, tolerance) is ok
