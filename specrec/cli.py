@@ -369,7 +369,11 @@ def speculation_train(
     from flows.retrain_speculator import retrain_speculator
 
     def run(cfg: Config) -> None:
-        out = retrain_speculator(as_of=_as_of(cfg, as_of), params=str(params.resolve()))
+        from specrec.clock import to_utc
+
+        when = _as_of(cfg, as_of)
+        to_utc(when)  # bad input ends here with one line, before a flow run starts
+        out = retrain_speculator(as_of=when, params=str(params.resolve()))
         typer.echo(
             f"specrec-speculator v{out['version']}: coverage {out['coverage']:.3f}, precision "
             f"{out['precision']:.3f}, {'promoted' if out['promoted'] else 'rejected'} ({out['reason']})"
@@ -388,6 +392,12 @@ def speculation_precompute(
     from flows.speculative_precompute import speculative_precompute
 
     def run(cfg: Config) -> None:
+        from specrec.clock import to_utc
+        from specrec.config import parse_duration
+
+        to_utc(as_of)  # bad input ends here with one line, before a flow run starts
+        if window is not None:
+            parse_duration("--window", window)
         out = speculative_precompute(as_of=as_of, window=window, params=str(params.resolve()))
         typer.echo(f"speculative precompute at {out['as_of']}: {out['message']}")
 
