@@ -48,7 +48,7 @@ class AdapterSpec:
         tokens = {ITEM_EMBEDDING: sorted(self.token_rows)} if self.token_rows else None
         return LoraConfig(
             r=self.r,
-            lora_alpha=self.alpha,
+            lora_alpha=self.alpha,  # type: ignore[arg-type]  # annotated int, used as a number
             lora_dropout=self.dropout,
             target_modules=list(self.target_modules),
             trainable_token_indices=tokens,
@@ -104,7 +104,7 @@ def adapter_state(model: PeftModel) -> dict[str, torch.Tensor]:
 
 def token_rows(model: PeftModel) -> list[int]:
     """The item rows an adapter trains (empty when it has none)."""
-    rows = model.peft_config["default"].trainable_token_indices or {}
+    rows = getattr(model.peft_config["default"], "trainable_token_indices", None) or {}
     return list(rows.get(ITEM_EMBEDDING, []))
 
 

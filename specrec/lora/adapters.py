@@ -83,6 +83,7 @@ class AdapterVersion:
     version: str
     base_version: str
     model: PeftModel
+    base: HSTU  # the bare base it sits on
 
 
 def load_adapter(client: MlflowClient, version: str, base: HSTU | None = None) -> AdapterVersion:
@@ -106,7 +107,7 @@ def load_adapter(client: MlflowClient, version: str, base: HSTU | None = None) -
             f"{what} cannot be loaded ({type(exc).__name__}: {exc}); its artifact folder '{ARTIFACT}' of run "
             f"{mv.run_id} is missing or corrupt. Move the alias back: `specrec model rollback`."
         ) from None
-    return AdapterVersion(version, base_version, model)
+    return AdapterVersion(version, base_version, model, base)
 
 
 def champion_adapter(client: MlflowClient) -> AdapterVersion | None:

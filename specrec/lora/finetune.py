@@ -168,9 +168,12 @@ def run_cycle(
         lc.seed,
     )
     max_len = base.config.max_len
+    serving_base = score(base, known, data.holdout, max_len)
     scores: dict[str, HoldoutScore | None] = {
-        "base": score(base, known, data.holdout, max_len),
-        "champion": None if champion is None else score(champion.model, known, data.holdout, max_len),
+        "base": serving_base,
+        "champion": None
+        if champion is None
+        else score(champion.model, known, data.holdout, champion.base.config.max_len),
         "challenger": None,
     }
     serving = scores["champion"] or scores["base"]
@@ -201,7 +204,7 @@ def run_cycle(
         model, result = train_adapter(cfg, base, data, warm, progress)
         for epoch, loss in enumerate(result.losses, start=1):
             mlflow.log_metric("train_loss", loss, step=epoch)
-        scores["challenger"] = score(model, known, data.holdout, max_len)
+        challenger = scores["challenger"] = score(model, known, data.holdout, max_len)
         metrics = _metrics(scores, data) | {
             "train_loss": result.losses[-1],
             "train_cpu_s": result.cpu_seconds,
@@ -222,9 +225,9 @@ def run_cycle(
             adapters.ADAPTER_MODEL,
             version,
             lc.promote_metric,
-            scores["challenger"].metrics[lc.promote_metric],
+            challenger.metrics[lc.promote_metric],
             None if scores["champion"] is None else scores["champion"].metrics[lc.promote_metric],
-            scores["base"].metrics[lc.promote_metric],
+            serving_base.metrics[lc.promote_metric],
             lc.tolerance,
         )
         metrics["promoted"] = float(decision.promoted)

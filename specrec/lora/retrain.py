@@ -51,11 +51,11 @@ def _serving_score(client: mlflow.MlflowClient, known: Any, window: Any) -> tupl
     """Holdout NDCG@10 of what serves now: the champion adapter on its base, else the champion base."""
     champion = adapters.champion_adapter(client)
     if champion is not None:
-        model, what = champion.model, f"{adapters.ADAPTER_MODEL} v{champion.version}"
-    else:
-        model, version = adapters.load_base(client)
-        what = f"{REGISTERED_MODEL} v{version}"
-    return score(model, known, window, model.config.max_len).ndcg, what
+        max_len = champion.base.config.max_len
+        what = f"{adapters.ADAPTER_MODEL} v{champion.version}"
+        return score(champion.model, known, window, max_len).ndcg, what
+    base, version = adapters.load_base(client)
+    return score(base, known, window, base.config.max_len).ndcg, f"{REGISTERED_MODEL} v{version}"
 
 
 def retrain_base(
