@@ -131,6 +131,7 @@ def precompute_window(
     live = _live_rows(store, candidates, bundle.bundle_id)
     chosen, skipped = choose(world, predictor, s, live, spec.budget)
     base = {"as_of": when.isoformat(), "bundle_id": bundle.bundle_id, "skipped_fresh_users": skipped}
+    base |= account_past(store, world, items, bundle.bundle_id, s)
     if not chosen:
         log.info("speculative precompute at %s: no predicted users; nothing written", when.isoformat())
         return base | {
@@ -194,3 +195,49 @@ def write_rows(
         progress=False,
         vector_dims={"pair_repr": None, "pair_score": None},
     )
+
+
+def account_past(
+    store: FeatureStore, world: replay.World, items: pd.DataFrame, bundle_id: str, s: int
+) -> dict[str, float]:
+    """Accounting of what has become known by s, from the rows this view wrote (its parquet history):
+    coverage of the requests of the window that just ended, and precision of the rows written one ttl
+    ago (their life is over: expired, or replaced by a newer row)."""
+    from specrec.speculation.accounting import Ledger
+
+    w, ttl = world.window_s, world.ttl_s
+    lo = s - ttl - w  # rows older than this cannot be live in the last window
+    folder = offline_dir(store, VIEW) / f"bundle={bundle_id}"
+    parts = [pd.read_parquet(f) for f in sorted(folder.glob("as_of=*.parquet"))] if folder.exists() else []
+    rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    if len(rows):
+        at = (pd.to_datetime(rows["event_timestamp"], utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(
+            "1s"
+        )
+        rows = rows.assign(at=at)[(at >= lo) & (at < s)].sort_values("at", kind="stable")
+    index_of = dict(zip(items["item_id"].to_numpy(), items["item_idx"].to_numpy(), strict=True))
+    reqs = world.requests(lo, s)
+    ledger, done = Ledger(ttl), set()
+    events = [(int(t), 1, i) for i, t in enumerate(reqs.t)] + [(int(r.at), 0, r) for r in rows.itertuples()]
+    for t, kind, what in sorted(events, key=lambda e: (e[0], e[1])):
+        k = (t - lo) // w
+        if kind == 0:
+            idx = np.array([index_of.get(int(i), -1) for i in what.item_ids], np.int64)
+            ledger.precompute(k, int(what.user_id), t, -1, idx)
+            done.add(k)
+        else:
+            cand = world.top((int(reqs.user[what]), int(reqs.history[what])))[: world.spec.candidates]
+            if len(cand):
+                ledger.request(k, int(reqs.user[what]), t, cand)
+    ledger.finish()
+    per = ledger.per_window().set_index("window")
+    last, first = (s - lo) // w - 1, 0
+    out = {"last_window_requests": 0.0, "last_window_served": 0.0, "last_window_hits": 0.0}
+    if last in per.index:
+        out = {k: float(per.loc[last, c]) for k, c in zip(out, ("requests", "served", "hits"), strict=True)}
+    if out["last_window_served"]:
+        out["last_window_coverage"] = out["last_window_hits"] / out["last_window_served"]
+    if first in per.index and per.loc[first, "pairs"] > 0:
+        out["expired_rows_pairs"] = float(per.loc[first, "pairs"])
+        out["expired_rows_precision"] = float(per.loc[first, "used"] / per.loc[first, "pairs"])
+    return out

@@ -140,6 +140,16 @@ def test_precompute_writes_complete_rows_that_the_scorer_reads(trained: dict, ti
     # a rerun of the same window finds every predicted user's row fresh and computes nothing
     again = speculative_precompute(as_of=when.isoformat(), params=str(tiny.params))
     assert again["rows_written"] == 0 and again["skipped_fresh_users"] == out["users"]
+    # one ttl later the window's rows have lived their life: the flow accounts for them from the history
+    spec = tiny.cfg.speculation
+    later = when + pd.Timedelta(spec.ttl) + pd.Timedelta(spec.window)
+    acc = speculative_precompute(as_of=later.isoformat(), params=str(tiny.params))
+    assert acc["expired_rows_pairs"] == out["pairs"] and 0 <= acc["expired_rows_precision"] <= 1
+    recent = events[
+        (events["timestamp"] >= later - pd.Timedelta(spec.window)) & (events["timestamp"] < later)
+    ]
+    assert acc["last_window_requests"] == len(recent)  # every such user has a history by then
+    assert acc["last_window_served"] == len(recent) * spec.candidates
 
 
 def test_window_with_no_predicted_users_writes_nothing(trained: dict, tiny: TinyProject) -> None:  # type: ignore[type-arg]
