@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -264,3 +265,22 @@ def test_expired_and_other_bundle_rows_are_misses_for_the_scorer(trained: dict, 
     assert hits(fresh) == 50  # a fresh row of the serving bundle: every candidate it holds is a hit
     assert hits(expired) == 0  # expired: a miss
     assert hits(other) == 0  # another bundle's row is never read
+
+
+def test_cli_refuses_bad_input_in_one_line(root: object) -> None:
+    import subprocess
+    import sys
+
+    for args, expected in (
+        (["precompute", "--as-of", "2018-02-01", "--window", "soon"], "--window = 'soon'"),
+        (["train", "--as-of", "yesterday-ish"], "as_of = 'yesterday-ish'"),
+    ):
+        proc = subprocess.run(
+            [str(Path(sys.executable).parent / "specrec"), "speculation", *args],
+            capture_output=True,
+            text=True,
+            cwd=root,
+            timeout=120,
+        )
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert expected in proc.stderr
