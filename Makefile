@@ -83,6 +83,11 @@ demo: $(STAMP) ## run the platform end to end on the shipped dataset
 	@echo
 	@echo "== online scorer: a real HTTP server on loopback, real requests (serve it yourself: specrec serve) =="
 	specrec serve-check --requests 50
+	@echo
+	@echo "== daily LoRA adapter for the first cycle (Prefect flow daily_lora_finetune: train, holdout gate, ADWIN) =="
+	specrec lora run --as-of first
+	@echo "  MLflow: experiment 'lora-finetune' (run named by as_of), registered model specrec-fm-adapter@champion"
+	@echo "  drift state: data/lora/drift.json; roll the adapter back with: specrec model rollback"
 
 test: $(STAMP) system-deps ## lint, then run the whole test suite
 	$(BIN)/ruff check specrec models flows benchmarks tests
