@@ -148,9 +148,10 @@ class RQVAE(nn.Module):
         over the present parts (1.0 = no better than predicting the mean item)."""
         dc, sq = self.config.content_dim, (out.recon - self.standardise(x)) ** 2  # (B, Dc+Df)
         parts = [(sq[:, :dc], mask[:, 0]), (sq[:, dc:], mask[:, 1])]
-        num = sum(p.mean(1) * m.float() for p, m in parts if p.shape[1] > 0)
-        den = sum(m.float() for p, m in parts if p.shape[1] > 0)
-        return num / den.clamp(min=1)  # type: ignore[operator]
+        present = [(p, m.float()) for p, m in parts if p.shape[1] > 0]
+        num = torch.stack([p.mean(1) * m for p, m in present]).sum(0)  # (B,)
+        den = torch.stack([m for _, m in present]).sum(0)  # (B,)
+        return num / den.clamp(min=1)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, mask: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:

@@ -34,6 +34,35 @@ def fit_code_embeddings(targets: torch.Tensor, codes: torch.Tensor, codebook_siz
     return torch.linalg.solve(gram, a.T @ targets.double()).float()  # (L*K, D)
 
 
+def code_table(item_codes: np.ndarray, n_rows: int, codebook_size: int) -> torch.Tensor:
+    """(n_rows, L) codes for an FM's ItemEmbedding: the null code K for padding and items without an ID."""
+    codes = np.where(item_codes >= 0, item_codes, codebook_size)[:n_rows].copy()
+    codes[0] = codebook_size
+    return torch.from_numpy(codes.astype(np.int64))
+
+
+def assign_codes(
+    model: RecModel, item_codes: np.ndarray, trained: np.ndarray, codebook_size: int
+) -> RecModel:
+    """A copy of an FM trained with codes, with new items' codes set and their untrained id rows zeroed."""
+    import copy
+
+    n_rows = model.config.n_items + 1
+    if model.config.codebook_size != codebook_size + 1 or model.config.n_code_levels != item_codes.shape[1]:
+        raise ValueError(
+            f"the FM was trained with {model.config.n_code_levels} code levels of "
+            f"{model.config.codebook_size} (K + null code), the codebook has {item_codes.shape[1]} of "
+            f"{codebook_size}: retrain the FM with this codebook's codes"
+        )
+    new = copy.deepcopy(model)
+    with torch.no_grad():
+        new.item_emb.codes.copy_(code_table(item_codes, n_rows, codebook_size))
+        untrained = torch.from_numpy((item_codes[:n_rows, 0] >= 0) & ~trained[:n_rows].astype(bool))
+        untrained[0] = False
+        new.item_emb.ids.weight[untrained] = 0.0
+    return new.eval()
+
+
 def with_code_embeddings(
     model: RecModel, item_codes: np.ndarray, trained: np.ndarray, codebook_size: int
 ) -> RecModel:
@@ -41,17 +70,16 @@ def with_code_embeddings(
 
     item_codes (n_items+1, L) holds each item's L semantic codes (-1 rows: no ID; the collision index
     carries no meaning and is not passed). trained (n_items+1,) marks items whose id embedding the FM
-    learned. A model already trained with codes is returned unchanged.
+    learned. A model already trained with codes (null code K, as `code_table` builds them) keeps its
+    code embeddings: it gets the new items' codes, and their untrained id rows are zeroed.
     """
     if model.config.n_code_levels > 0:
-        return model
+        return assign_codes(model, item_codes, trained, codebook_size)
     n_rows, levels = model.config.n_items + 1, int(item_codes.shape[1])
-    codes = np.where(item_codes >= 0, item_codes, codebook_size)[:n_rows]  # null code K: no ID
-    codes[0] = codebook_size  # padding
-    codes_t = torch.from_numpy(codes.astype(np.int64))  # (n_items+1, L)
+    codes_t = code_table(item_codes, n_rows, codebook_size)  # (n_items+1, L), null code K: no ID
     config = dataclasses.replace(model.config, n_code_levels=levels, codebook_size=codebook_size + 1)
     _, model_cls = MODEL_TYPES[model.model_type]
-    new = model_cls(config, codes_t)
+    new = model_cls(config, codes_t)  # type: ignore[arg-type]
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("item_emb.")}
     new.load_state_dict(state, strict=False)
     with torch.no_grad():

@@ -21,12 +21,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from mlflow import MlflowClient
 from specrec.clock import to_utc
 from specrec.codebook import health as hl
 from specrec.codebook import versions
-from specrec.codebook.build import Codebook, FMInfo, build_inputs
+from specrec.codebook.build import Codebook, FMInfo, Inputs, build_inputs
 from specrec.codebook.serving import fm_info
 from specrec.codebook.train import known_items, run_params, train_and_register
 from specrec.config import Config
@@ -72,14 +73,29 @@ def _codes(rows: pd.DataFrame, levels: int) -> np.ndarray:
     return np.stack(rows["sid"].to_list())[:, :levels] if len(rows) else np.zeros((0, levels), np.int64)
 
 
-def measure_drift(cfg: Config, codebook: Codebook, fm_changed: bool) -> hl.Drift:
-    """Drift of the items coded since training against the reference items."""
-    table, levels = codebook.table, codebook.levels
-    ref, since = table[table["reference"]], table[~table["reference"]]
+def reference_view(codebook: Codebook, ref: Inputs, since: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and errors of the reference items seen with the parts most new items have.
+
+    New items are mostly cold (no trained FM embedding: coded from text alone) while the reference was
+    coded from both parts; comparing them directly would always look like drift. So the reference is
+    re-coded with the same parts hidden, and like is compared with like.
+    """
+    has_collab = (since["source"] != "content").mean() >= 0.5 if len(since) else True
+    has_text = (since["source"] != "collab").mean() >= 0.5 if len(since) else True
+    mask = ref.mask & torch.tensor([has_text, has_collab])
+    keep = mask.any(dim=1)
+    model = codebook.model
+    return model.encode(ref.x[keep], mask[keep]).numpy(), model.item_errors(ref.x[keep], mask[keep]).numpy()
+
+
+def measure_drift(cfg: Config, codebook: Codebook, ref: Inputs, fm_changed: bool) -> hl.Drift:
+    """Drift of the items coded since training against the reference items (like with like)."""
+    since = codebook.table[~codebook.table["reference"]]
+    ref_codes, ref_errors = reference_view(codebook, ref, since)
     return hl.drift(
-        _codes(ref, levels),
-        ref["recon_error"].to_numpy(),
-        _codes(since, levels),
+        ref_codes,
+        ref_errors,
+        _codes(since, codebook.levels),
         since["recon_error"].to_numpy(),
         codebook.codebook_size,
         cfg.codebook.drift,
@@ -144,7 +160,9 @@ def refresh(cfg: Config, as_of: object, client: MlflowClient, progress: bool = F
     rows = codebook.assign(inputs, when, reference=False)
     fm_champion = alias_version(client, "specrec-fm", CHAMPION) or ""
     fm_changed = fm is not None and bool(fm_champion) and fm_champion != fm.version
-    drift = measure_drift(cfg, codebook, fm_changed)
+    reference = codebook.table[codebook.table["reference"]]
+    ref_inputs = build_inputs(cfg, items[items["item_id"].isin(reference["item_id"])], fm)
+    drift = measure_drift(cfg, codebook, ref_inputs, fm_changed)
     with mlflow.start_run(
         experiment_id=experiment_id(cfg.root, versions.EXPERIMENT), run_name=str(when.date())
     ) as run:

@@ -15,6 +15,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,7 +51,7 @@ def content_text(items: pd.DataFrame) -> pd.Series:
     return (title + ". " + genres).str.strip(" .")
 
 
-def _model():  # type: ignore[no-untyped-def]
+def _model() -> Any:
     """MiniLM from the installed package, on CPU, without touching the network."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -112,20 +112,24 @@ def _clusters(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_rqvae_trains_codes_clusters_and_handles_missing_parts() -> None:
     torch.manual_seed(0)
-    x, mask = _clusters(400)
-    model = RQVAE(RQVAEConfig(content_dim=12, collab_dim=4, latent_dim=8, hidden=32, levels=2, codebook_size=8))
-    losses = train_rqvae(model, x, mask, RQVAETrainConfig(epochs=40, batch_size=100, progress=False))
+    x, mask = _clusters(240)
+    model = RQVAE(
+        RQVAEConfig(content_dim=12, collab_dim=4, latent_dim=8, hidden=32, levels=2, codebook_size=8)
+    )
+    losses = train_rqvae(model, x, mask, RQVAETrainConfig(epochs=25, batch_size=120, progress=False))
     assert losses[-1] < losses[0]
     codes = model.encode(x, mask).numpy()  # (N, L)
-    assert codes.shape == (400, 2) and codes.min() >= 0 and codes.max() < 8
-    cluster = np.arange(400) % 8
+    assert codes.shape == (240, 2) and codes.min() >= 0 and codes.max() < 8
+    cluster = np.arange(240) % 8
     # items of one cluster share their first code far more often than chance (1/8)
-    same = np.mean([np.mean(codes[cluster == c, 0] == np.bincount(codes[cluster == c, 0]).argmax()) for c in range(8)])
+    same = np.mean(
+        [np.mean(codes[cluster == c, 0] == np.bincount(codes[cluster == c, 0]).argmax()) for c in range(8)]
+    )
     assert same > 0.8
-    content_only = model.encode(x, torch.tensor([[True, False]]).expand(400, 2)).numpy()
+    content_only = model.encode(x, torch.tensor([[True, False]]).expand(240, 2)).numpy()
     assert (content_only[:, 0] == codes[:, 0]).mean() > 0.6  # text alone lands mostly where both do
     err = model.item_errors(x, mask)
-    assert err.shape == (400,) and torch.isfinite(err).all()
+    assert err.shape == (240,) and torch.isfinite(err).all()
 
 
 def test_fm_code_embeddings_keep_trained_items_and_embed_new_ones_by_code() -> None:
@@ -160,3 +164,20 @@ def test_codebook_config_is_validated() -> None:
 
     with pytest.raises(ConfigError, match="codebook.stability_prefix"):
         CodebookConfig(levels=2, stability_prefix=3)
+
+
+def test_fm_trained_with_codes_gets_new_items_codes_and_zero_id_rows() -> None:
+    from specrec.codebook.fm_codes import code_table
+
+    torch.manual_seed(0)
+    train_codes = np.array([[-1, -1], [0, 1], [1, 0], [-1, -1]])  # item 3 unknown at training: null code
+    fm = HSTU(HSTUConfig(n_items=3, dim=8, n_code_levels=2, codebook_size=3), code_table(train_codes, 4, 2))
+    now = np.array([[-1, -1], [0, 1], [1, 0], [0, 1]])
+    new = with_code_embeddings(fm, now, np.array([0, 1, 1, 0], dtype=bool), codebook_size=2)
+    assert new.item_emb.codes[3].tolist() == [0, 1]
+    assert torch.allclose(new.item_emb.ids.weight[3], torch.zeros(8))
+    code_part = new.item_emb.code_emb(new.item_emb.codes[3] + new.item_emb.code_offsets).sum(0)
+    assert torch.allclose(new.item_emb.table()[3], code_part)  # the new item embeds by its codes alone
+    assert torch.allclose(new.item_emb.table()[1], fm.item_emb.table()[1])
+    with pytest.raises(ValueError, match="retrain the FM"):
+        with_code_embeddings(fm, now, np.ones(4, dtype=bool), codebook_size=4)
