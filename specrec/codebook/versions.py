@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -25,9 +24,6 @@ from specrec.codebook.build import TABLE_FILE, Codebook, FMInfo, Inputs, build_i
 from specrec.config import Config
 from specrec.errors import SpecrecError
 from specrec.registry import CHAMPION, Promotion, alias_version, promote_if_better
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +112,27 @@ def gate(
     current = champion_version(client)
     if current is not None and current != version:
         champion = load_version(client, current)
-        same_shape = champion.model.config.collab_dim == challenger.model.config.collab_dim
-        ch_inputs = inputs if same_shape and champion_fm is fm else build_inputs(cfg, items, champion_fm)
+        champion_fm = _own_fm(client, cfg, champion, champion_fm)
+        same = champion_fm is fm or (
+            champion_fm is not None and fm is not None and champion_fm.version == fm.version
+        )
+        ch_inputs = inputs if same else build_inputs(cfg, items, champion_fm)
         client.set_model_version_tag(
             REGISTERED_MODEL, current, f"gate_{GATE_METRIC}", repr(score(champion, ch_inputs))
         )
     return promote_if_better(client, REGISTERED_MODEL, version, GATE_METRIC, score(challenger, inputs))
+
+
+def _own_fm(client: MlflowClient, cfg: Config, codebook: Codebook, given: FMInfo | None) -> FMInfo | None:
+    """The FM a codebook was trained with (its collaborative input), loaded when `given` is another one."""
+    from specrec.codebook.serving import fm_info
+
+    wanted = str(codebook.meta.get("fm_version", ""))
+    if not wanted:
+        return None
+    if given is not None and given.version == wanted:
+        return given
+    return fm_info(client, wanted, cfg.clock.start)
 
 
 def codes_by_item_idx(codebook: Codebook, n_items: int) -> np.ndarray:
