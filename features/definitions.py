@@ -41,7 +41,10 @@ item_repr = FeatureView(
     schema=[
         Field(name="embedding", dtype=Array(Float32), description="FM output item embedding (ANN index)."),
         Field(
-            name="semantic_id", dtype=Array(Int64), description="RQ-VAE codes, empty until a codebook exists."
+            name="semantic_id",
+            dtype=Array(Int64),
+            description="Semantic ID from the bundle's RQ-VAE codebook: L codes + a collision index; "
+            "empty when the bundle has no codebook or the item no ID yet.",
         ),
         Field(name="item_idx", dtype=Int64, description="The model's contiguous item index."),
     ],
