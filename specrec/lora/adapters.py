@@ -110,10 +110,17 @@ def load_adapter(client: MlflowClient, version: str, base: HSTU | None = None) -
     return AdapterVersion(version, base_version, model, base)
 
 
-def champion_adapter(client: MlflowClient) -> AdapterVersion | None:
-    """specrec-fm-adapter@champion on its own base, or None when there is none yet."""
+def champion_adapter(client: MlflowClient, base_version: str | None = None) -> AdapterVersion | None:
+    """specrec-fm-adapter@champion on its own base; None when there is none, or when `base_version` is
+    given and the champion adapts another base (after a retrained base was promoted it does not serve)."""
     version = alias_version(client, ADAPTER_MODEL, CHAMPION)
-    return None if version is None else load_adapter(client, version)
+    if version is None:
+        return None
+    if base_version is not None:
+        own = client.get_model_version(ADAPTER_MODEL, version).tags.get("base_version")
+        if own != base_version:
+            return None
+    return load_adapter(client, version)
 
 
 def register_adapter(client: MlflowClient, model: PeftModel, run_id: str, tags: dict[str, str]) -> str:
@@ -195,12 +202,13 @@ def rollback(client: MlflowClient, name: str = ADAPTER_MODEL) -> tuple[str, str]
 
 
 def serving_model(client: MlflowClient) -> tuple[HSTU, dict[str, str]]:
-    """What to serve: the champion adapter merged into its own base (merge_and_unload), else the bare base.
+    """What to serve: specrec-fm@champion with the champion adapter merged in (merge_and_unload) when that
+    adapter was trained on it, else the bare base.
 
     Returns the plain HSTU and the versions it was built from ({"fm": ..., "adapter": ... or ""}).
     """
-    champion = champion_adapter(client)
+    base, version = load_base(client)
+    champion = champion_adapter(client, version)
     if champion is None:
-        base, version = load_base(client)
         return base, {"fm": version, "adapter": ""}
-    return lora.merge(champion.model), {"fm": champion.base_version, "adapter": champion.version}
+    return lora.merge(champion.model), {"fm": version, "adapter": champion.version}

@@ -156,7 +156,7 @@ def run_cycle(
     lc, client = cfg.lora, mlflow.MlflowClient()
     cycle = cycle_at(cfg, as_of)
     base, base_version = adapters.load_base(client)
-    champion = adapters.champion_adapter(client)
+    champion = adapters.champion_adapter(client, base_version)  # None when it adapts another base
     known = known_events(cfg, cycle.as_of)
     data = cycle_data(
         known,
@@ -199,7 +199,7 @@ def run_cycle(
                 cycle.name, "skipped", reason, run.info.run_id, base_version, None, metrics, serving.errors
             )
         use_warm = lc.warm_start if warm_start is None else warm_start
-        warm = champion.model if use_warm and champion and champion.base_version == base_version else None
+        warm = champion.model if use_warm and champion else None
         mlflow.set_tag("warm_start_from", champion.version if warm is not None and champion else "")
         model, result = train_adapter(cfg, base, data, warm, progress)
         for epoch, loss in enumerate(result.losses, start=1):
@@ -226,7 +226,9 @@ def run_cycle(
             version,
             lc.promote_metric,
             challenger.metrics[lc.promote_metric],
-            None if scores["champion"] is None else scores["champion"].metrics[lc.promote_metric],
+            # the champion alias may hold an adapter of an older base that no longer serves: then the
+            # bare base is what serves and what the challenger has to beat
+            (scores["champion"] or serving_base).metrics[lc.promote_metric],
             serving_base.metrics[lc.promote_metric],
             lc.tolerance,
         )

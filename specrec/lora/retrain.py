@@ -49,13 +49,11 @@ def _train_data(cfg: Config, events: Any, folder: Path) -> Any:
 
 def _serving_score(client: mlflow.MlflowClient, known: Any, window: Any) -> tuple[float, str]:
     """Holdout NDCG@10 of what serves now: the champion adapter on its base, else the champion base."""
-    champion = adapters.champion_adapter(client)
-    if champion is not None:
-        max_len = champion.base.config.max_len
-        what = f"{adapters.ADAPTER_MODEL} v{champion.version}"
-        return score(champion.model, known, window, max_len).ndcg, what
-    base, version = adapters.load_base(client)
-    return score(base, known, window, base.config.max_len).ndcg, f"{REGISTERED_MODEL} v{version}"
+    model, parts = adapters.serving_model(client)
+    what = f"{REGISTERED_MODEL} v{parts['fm']}" + (
+        f" + {adapters.ADAPTER_MODEL} v{parts['adapter']}" if parts["adapter"] else ""
+    )
+    return score(model, known, window, model.config.max_len).ndcg, what
 
 
 def retrain_base(

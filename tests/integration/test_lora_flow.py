@@ -116,7 +116,9 @@ def test_gate_promotes_rejects_and_rollback(tiny: TinyProject, copy_dir: Path) -
 
 
 def test_champion_adapter_merges_for_serving(tiny: TinyProject, copy_dir: Path) -> None:
-    cfg = _project(tiny, copy_dir)
+    cfg = _project(tiny, copy_dir, tolerance=0.99)
+    if adapters.champion_adapter(mlflow.MlflowClient()) is None:  # when this test runs on its own
+        run_cycle(cfg, CYCLE_1, progress=False)
     champion = adapters.champion_adapter(mlflow.MlflowClient())
     assert champion is not None
     merged, parts = adapters.serving_model(mlflow.MlflowClient())
