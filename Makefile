@@ -57,7 +57,7 @@ system-deps: ## install Debian packages the tests need (redis-server) when missi
 	fi
 
 demo: $(STAMP) ## run the platform end to end on the shipped dataset
-	@echo "== data and model pipeline: dvc repro (ingest -> prepare -> split -> train_fm -> evaluate_fm) =="
+	@echo "== data and model pipeline: dvc repro (ingest -> prepare -> split -> train_fm -> evaluate_fm; item_text_embed -> codebook) =="
 	dvc repro
 	@echo
 	@echo "== outputs =="
@@ -66,6 +66,7 @@ demo: $(STAMP) ## run the platform end to end on the shipped dataset
 	@echo "  data/prepared/     id maps, item/user tables, per-user sequences"
 	@echo "  data/split/        history / replay (per cycle) / leave-one-out"
 	@echo "  data/models/fm/    the trained FM (safetensors, config, id map); MLflow: specrec-fm@champion"
+	@echo "  data/item_text/    MiniLM content embeddings; data/models/codebook/: the RQ-VAE semantic-ID codebook (specrec-codebook@champion)"
 	@echo "  data/metrics/      stage metrics (dvc metrics show), per-epoch curve (dvc plots show)"
 	@echo "  mlflow/mlflow.db   MLflow runs and registry: make mlflow-ui, then http://127.0.0.1:5000"
 	dvc metrics show
