@@ -141,6 +141,27 @@ def test_too_few_events_skip_the_cycle(tiny: TinyProject, copy_dir: Path) -> Non
     assert set(METRIC_KEYS) <= set(run.data.metrics) and math.isnan(run.data.metrics["challenger_ndcg_at_10"])
 
 
+def test_adapter_of_another_base_does_not_serve(tiny: TinyProject, copy_dir: Path) -> None:
+    from specrec.fm.train import _log_model
+
+    cfg = _project(tiny, copy_dir, tolerance=0.99)
+    client = mlflow.MlflowClient()
+    if adapters.champion_adapter(client) is None:  # when this test runs on its own
+        run_cycle(cfg, CYCLE_1, progress=False)
+    old_adapter = alias_version(client, adapters.ADAPTER_MODEL, CHAMPION)
+    with mlflow.start_run(experiment_id=experiment_id(cfg.root, "fm-train")):
+        base = _log_model(cfg.path(cfg.paths.fm))  # a new base version (what retrain_base registers)
+    client.set_model_version_tag(adapters.BASE_MODEL, base, adapters.CUTOFF, "2018-01-01T00:00:00+00:00")
+    client.set_registered_model_alias(adapters.BASE_MODEL, CHAMPION, base)
+    assert adapters.serving_model(client)[1] == {"fm": base, "adapter": ""}  # the old adapter stops serving
+
+    out = run_cycle(cfg, CYCLE_2, progress=False)
+    assert out.base_version == base and math.isnan(out.metrics["champion_ndcg_at_10"])
+    assert mlflow.get_run(out.run_id).data.tags["warm_start_from"] == ""  # never from another base
+    assert out.status == "promoted" and _version_tags(out.adapter_version)[adapters.PREVIOUS] == old_adapter
+    assert adapters.serving_model(client)[1] == {"fm": base, "adapter": out.adapter_version}
+
+
 def test_missing_and_corrupt_champion_are_named(tiny: TinyProject, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
