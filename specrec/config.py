@@ -570,6 +570,20 @@ class CodebookConfig:
         )
 
 
+@dataclass(frozen=True)
+class ReplayConfig:
+    """`specrec replay`: how much of each cycle's next events is sent to the scorer, and how."""
+
+    requests: int = 200  # POST /recommend calls per cycle at most (whole speculation windows, seeded sample)
+    k: int = 10  # items asked for per request (HR/NDCG are @k)
+    precompute: bool = True  # run user_state + speculative_precompute at each replayed window's start
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.requests <= 1_000_000, "replay.requests", self.requests, "an integer in [1, 1e6]")
+        _require(1 <= self.k <= 1000, "replay.k", self.k, "an integer in [1, 1000]")
+
+
 PROFILES = ("embedded", "production")
 
 
@@ -615,6 +629,7 @@ class Config:
     speculation: SpeculationConfig = field(default_factory=SpeculationConfig)
     lora: LoraFinetuneConfig = field(default_factory=LoraFinetuneConfig)
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
     root: Path = field(default=Path("."), metadata={"internal": True})
 
     def path(self, relative: str) -> Path:
