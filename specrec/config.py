@@ -348,7 +348,8 @@ LORA_METRICS = ("ndcg@10", "hr@10")
 
 @dataclass(frozen=True)
 class LoraDriftConfig:
-    """ADWIN (river.drift.ADWIN) over the per-event holdout error of each cycle; an alarm retrains the base."""
+    """ADWIN (river.drift.ADWIN) over the per-event holdout error of each cycle; an alarm retrains
+    the base."""
 
     delta: float = 0.002  # ADWIN confidence: smaller = fewer false alarms, slower detection
     clock: int = 1  # check for a change after every `clock` values (river's default 32 suits long streams)
@@ -376,7 +377,8 @@ class LoraDriftConfig:
 
 @dataclass(frozen=True)
 class LoraFinetuneConfig:
-    """The daily LoRA adapter on specrec-fm@champion and its gate (specrec/lora, flows/daily_lora_finetune)."""
+    """The daily LoRA adapter on specrec-fm@champion and its gate (specrec/lora,
+    flows/daily_lora_finetune)."""
 
     target_modules: list[str] = field(default_factory=lambda: ["f1", "f2"])  # HSTU layer linears
     r: int = 8  # LoRA rank
@@ -460,7 +462,10 @@ class SpeculationConfig:
             f"a duration at least speculation.window ({self.window})",
         )
         _require(
-            1 <= self.candidates <= 10_000, "speculation.candidates", self.candidates, "an integer in [1, 10000]"
+            1 <= self.candidates <= 10_000,
+            "speculation.candidates",
+            self.candidates,
+            "an integer in [1, 10000]",
         )
         _require(
             self.candidates <= self.max_rank <= 10_000,
@@ -471,7 +476,9 @@ class SpeculationConfig:
         _require(self.budget >= 1, "speculation.budget", self.budget, "an integer >= 1")
         ok = bool(self.budgets) and all(isinstance(b, int) and b >= 1 for b in self.budgets)
         _require(ok, "speculation.budgets", self.budgets, "a non-empty list of integers >= 1")
-        _require(0 <= self.min_p_active < 1, "speculation.min_p_active", self.min_p_active, "a share in [0, 1)")
+        _require(
+            0 <= self.min_p_active < 1, "speculation.min_p_active", self.min_p_active, "a share in [0, 1)"
+        )
         _require(self.train_days >= 1, "speculation.train_days", self.train_days, "an integer >= 1")
         _require(self.eval_days >= 1, "speculation.eval_days", self.eval_days, "an integer >= 1")
         _require(1 <= self.hidden <= 4096, "speculation.hidden", self.hidden, "an integer in [1, 4096]")
