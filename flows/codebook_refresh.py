@@ -14,7 +14,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import retry_unless_user_error, setup
+from flows.common import resolve_as_of, retry_unless_user_error, setup
 
 
 @task(retries=3, retry_delay_seconds=[2, 5, 15], retry_condition_fn=retry_unless_user_error)
@@ -31,6 +31,7 @@ def codebook_refresh(as_of: str, params: str = "params.yaml", write_feast: bool 
     """Refresh the semantic-ID codebook at as_of; write the champion bundle's item_repr rows to Feast."""
     from flows.materialize_item_embeddings import materialize_item_embeddings
 
+    as_of = resolve_as_of(as_of, params)
     params = str(Path(params).resolve())
     result = refresh_codes(params, as_of)
     logger = get_run_logger()

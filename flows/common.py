@@ -1,9 +1,11 @@
-"""What every flow shares: loading params once per task, the MLflow store, and the retry rule."""
+"""What every flow shares: loading params once per task, the MLflow store, the retry rule, and `as_of`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from prefect import runtime
 
 from mlflow import MlflowClient
 from specrec.config import Config, load_config
@@ -27,3 +29,31 @@ def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
     except Exception:  # noqa: BLE001 - everything else may be transient
         return True
     return False
+
+
+AS_OF_WORDS = ("scheduled", "first")
+
+
+def resolve_as_of(as_of: str, params: str) -> str:
+    """The flow run's as_of: 'scheduled' = this run's scheduled start (UTC, whole seconds), 'first' = the
+    clock's first cycle; anything else is passed through unchanged (an ISO date or date-time).
+
+    A deployment on a cron schedule passes as_of="scheduled", so the scheduler feeds real dates while the
+    replay and a backfill pass explicit (simulated or older) ones; see specrec/clock.py.
+    """
+    if as_of == "scheduled":
+        import pandas as pd
+
+        if runtime.flow_run.id is None:
+            raise SpecrecError(
+                "as_of 'scheduled' means the scheduled start of the flow run, and there is no flow run here: "
+                "pass an ISO date or date-time (or 'first')."
+            )
+        when = pd.Timestamp(runtime.flow_run.scheduled_start_time)
+        when = when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
+        return when.floor("s").isoformat()
+    if as_of == "first":
+        from specrec.clock import ReplayClock
+
+        return ReplayClock.from_config(load_config(Path(params)).clock).cycle(1).as_of.isoformat()
+    return as_of

@@ -13,7 +13,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, runtime, task
 
-from flows.common import retry_unless_user_error, setup
+from flows.common import resolve_as_of, retry_unless_user_error, setup
 from flows.retrain_base import retrain_base
 from specrec.lora.drift import DriftMonitor
 from specrec.lora.finetune import run_cycle
@@ -51,6 +51,7 @@ def daily_lora_finetune(
     as_of: str, params: str = "params.yaml", warm_start: bool | None = None
 ) -> dict[str, Any]:
     """One daily cycle at as_of; warm_start None = lora.warm_start from params.yaml."""
+    as_of = resolve_as_of(as_of, params)
     logger, p = get_run_logger(), str(Path(params).resolve())
     cycle = finetune(p, as_of, str(runtime.flow_run.id or ""), warm_start)
     logger.info(

@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import retry_unless_user_error, setup
+from flows.common import resolve_as_of, retry_unless_user_error, setup
 from specrec.nearline import bundles
 from specrec.nearline.materialize import VIEW, log_run, materialize_items
 
@@ -84,6 +84,7 @@ def materialize_item_embeddings(
     as_of: str, bundle: str = "champion", params: str = "params.yaml"
 ) -> dict[str, Any]:
     """Write item representations of `bundle` known at `as_of`; serve the bundle once complete."""
+    as_of = resolve_as_of(as_of, params)
     params = str(Path(params).resolve())
     resolved = resolve_bundle(params, bundle)
     result = write_items(params, as_of, resolved)

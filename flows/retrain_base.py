@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, runtime, task
 
-from flows.common import retry_unless_user_error, setup
+from flows.common import resolve_as_of, retry_unless_user_error, setup
 from specrec.lora.retrain import retrain_base as retrain_and_gate
 
 
@@ -21,6 +21,7 @@ def retrain(params: str, as_of: str, flow_run_id: str, trigger: str) -> dict[str
 @flow(name="retrain_base")
 def retrain_base(as_of: str, params: str = "params.yaml", trigger: str = "manual") -> dict[str, Any]:
     """Retrain specrec-fm at as_of (trigger: 'manual', 'adwin', ...) and gate it against what serves."""
+    as_of = resolve_as_of(as_of, params)
     result = retrain(str(Path(params).resolve()), as_of, str(runtime.flow_run.id or ""), trigger)
     get_run_logger().info(
         "retrain_base %s (%s): specrec-fm v%s promoted=%s, holdout ndcg@10 %.4f vs serving %s %.4f",

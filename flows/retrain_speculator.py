@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import retry_unless_user_error, setup
+from flows.common import resolve_as_of, retry_unless_user_error, setup
 from specrec.speculation.train import retrain_speculator as fit_and_register
 
 
@@ -21,6 +21,7 @@ def fit_speculator(params: str, as_of: str) -> dict[str, Any]:
 @flow(name="retrain_speculator")
 def retrain_speculator(as_of: str, params: str = "params.yaml") -> dict[str, Any]:
     """Retrain specrec-speculator at as_of; it becomes champion only if it beats the current one."""
+    as_of = resolve_as_of(as_of, params)
     result = fit_speculator(str(Path(params).resolve()), as_of)
     get_run_logger().info(
         "specrec-speculator v%s promoted=%s coverage %.3f precision %.3f (%s)",

@@ -13,7 +13,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import retry_unless_user_error, setup
+from flows.common import resolve_as_of, retry_unless_user_error, setup
 
 
 @task(retries=2, retry_delay_seconds=[2, 5], retry_condition_fn=retry_unless_user_error)
@@ -38,6 +38,7 @@ def speculative_precompute(
     as_of: str, window: str | None = None, params: str = "params.yaml"
 ) -> dict[str, Any]:
     """Precompute the window starting at as_of; a window with no predicted users writes nothing."""
+    as_of = resolve_as_of(as_of, params)
     result = precompute(str(Path(params).resolve()), as_of, window)
     get_run_logger().info("speculative precompute at %s: %s", as_of, result["message"])
     return result

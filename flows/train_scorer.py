@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import retry_unless_user_error, setup
+from flows.common import resolve_as_of, retry_unless_user_error, setup
 from specrec.online.train_scorer import train_scorer as distil_and_register
 
 
@@ -21,6 +21,7 @@ def distil(params: str, as_of: str) -> dict[str, Any]:
 @flow(name="train_scorer")
 def train_scorer(as_of: str, params: str = "params.yaml") -> dict[str, Any]:
     """Train specrec-scorer at as_of; it becomes champion only if it beats the current one."""
+    as_of = resolve_as_of(as_of, params)
     result = distil(str(Path(params).resolve()), as_of)
     get_run_logger().info(
         "specrec-scorer v%s promoted=%s holdout ndcg@10 without/with pair %.4f/%.4f",

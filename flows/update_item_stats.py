@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import retry_unless_user_error, setup
+from flows.common import resolve_as_of, retry_unless_user_error, setup
 from specrec.nearline.item_stats import VIEW
 from specrec.nearline.item_stats import update_item_stats as compute_and_write
 from specrec.nearline.materialize import log_run
@@ -28,6 +28,7 @@ def write_item_stats(params: str, as_of: str) -> dict[str, Any]:
 @flow(name="update_item_stats")
 def update_item_stats(as_of: str, params: str = "params.yaml") -> dict[str, Any]:
     """Refresh item_stats from the events known at as_of."""
+    as_of = resolve_as_of(as_of, params)
     metrics = write_item_stats(str(Path(params).resolve()), as_of)
     get_run_logger().info("item_stats at %s: %d rows", as_of, metrics["rows_written"])
     return metrics

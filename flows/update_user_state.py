@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import retry_unless_user_error, setup
+from flows.common import resolve_as_of, retry_unless_user_error, setup
 from specrec.nearline.materialize import log_run
 from specrec.nearline.user_state import VIEW
 from specrec.nearline.user_state import update_user_state as encode_and_write
@@ -44,6 +44,7 @@ def write_user_state(params: str, as_of: str, bundle: str) -> dict[str, Any]:
 @flow(name="update_user_state")
 def update_user_state(as_of: str, bundle: str = "serving", params: str = "params.yaml") -> dict[str, Any]:
     """Refresh user_state for users with new events known at as_of."""
+    as_of = resolve_as_of(as_of, params)
     metrics = write_user_state(str(Path(params).resolve()), as_of, bundle)
     get_run_logger().info("user_state at %s: %d users (%s)", as_of, metrics["rows_written"], metrics["mode"])
     return metrics
