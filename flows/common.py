@@ -57,3 +57,21 @@ def resolve_as_of(as_of: str, params: str) -> str:
 
         return ReplayClock.from_config(load_config(Path(params)).clock).cycle(1).as_of.isoformat()
     return as_of
+
+
+PROMOTED_EVENT = "specrec.champion.promoted"
+
+
+def announce_promotion(model: str, version: object, as_of: str) -> None:
+    """Emit a Prefect event: a model the serving bundle names has a new champion at as_of.
+
+    The deployment materialize_item_embeddings has a trigger on this event (flows/deploy.py), so a served
+    platform writes the new bundle right after a promotion instead of at the next 15-minute run.
+    """
+    from prefect.events import emit_event
+
+    emit_event(
+        PROMOTED_EVENT,
+        resource={"prefect.resource.id": f"specrec.model.{model}", "prefect.resource.name": model},
+        payload={"as_of": as_of, "model": model, "version": str(version)},
+    )

@@ -13,7 +13,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, runtime, task
 
-from flows.common import resolve_as_of, retry_unless_user_error, setup
+from flows.common import announce_promotion, resolve_as_of, retry_unless_user_error, setup
 from flows.retrain_base import retrain_base
 from specrec.lora.drift import DriftMonitor
 from specrec.lora.finetune import run_cycle
@@ -61,6 +61,8 @@ def daily_lora_finetune(
         cycle["reason"],
         *(f"{cycle['metrics'][f'{v}_ndcg_at_10']:.4f}" for v in ("challenger", "champion", "base")),
     )
+    if cycle["status"] == "promoted":
+        announce_promotion("specrec-fm-adapter", cycle["adapter_version"], as_of)
     drift = check_drift(p, as_of, cycle.pop("serving_errors"), cycle["run_id"])
     logger.info(
         "drift %s: alarm=%s, window mean %.4f -> %.4f, width %d -> %d, cycle error %.4f; decision %s",

@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, runtime, task
 
-from flows.common import resolve_as_of, retry_unless_user_error, setup
+from flows.common import announce_promotion, resolve_as_of, retry_unless_user_error, setup
 from specrec.lora.retrain import retrain_base as retrain_and_gate
 
 
@@ -33,4 +33,6 @@ def retrain_base(as_of: str, params: str = "params.yaml", trigger: str = "manual
         result["serving"],
         result["serving_holdout_ndcg@10"],
     )
+    if result["promoted"]:
+        announce_promotion("specrec-fm", result["version"], as_of)
     return result

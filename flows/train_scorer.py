@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import resolve_as_of, retry_unless_user_error, setup
+from flows.common import announce_promotion, resolve_as_of, retry_unless_user_error, setup
 from specrec.online.train_scorer import train_scorer as distil_and_register
 
 
@@ -30,4 +30,6 @@ def train_scorer(as_of: str, params: str = "params.yaml") -> dict[str, Any]:
         result["without_pair_ndcg@10"],
         result["with_pair_ndcg@10"],
     )
+    if result["promoted"]:
+        announce_promotion("specrec-scorer", result["version"], as_of)
     return result

@@ -1,0 +1,183 @@
+"""Every flow as a Prefect deployment, all served by one process: `python -m flows.deploy` (`make flows`).
+
+DEPLOYMENTS below is the one table of what runs when: flow, cron schedule (in TIMEZONE), extra
+parameters, tags, flow-level retries and the promotion trigger. Scheduled runs pass as_of="scheduled",
+which each flow resolves to its run's scheduled start in UTC (flows.common.resolve_as_of): the scheduler
+feeds real dates, the replay and backfills call the same flows with explicit ones.
+
+The schedule lives here rather than in params.yaml: a schedule decides *when* a flow runs, never what it
+computes (that is the as_of parameter), and an operator changing it wants the whole deployment (cron,
+tags, retries, trigger) in one reviewed row, where Prefect users look for it (prefect.yaml or deploy.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect.client.schemas.schedules import CronSchedule
+
+from flows.common import PROMOTED_EVENT
+from specrec.errors import SpecrecError
+
+# Every cron below is read in this IANA zone; change it to run the daily jobs at night local time (as_of
+# stays UTC either way).
+TIMEZONE = "UTC"
+# every deployment is <flow>/<NAME>: `prefect deployment run daily_lora_finetune/specrec`
+NAME = "specrec"
+RETRY_DELAY_S = 60
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One row: a flow in flows/<flow>.py (function of the same name) and how it is deployed."""
+
+    flow: str
+    cron: str | None  # None: no schedule, runs when triggered (UI, `prefect deployment run`, automation)
+    tags: tuple[str, ...]
+    # Flow-level retries, only where a re-run at the same as_of is idempotent (nearline writes). Training
+    # flows get none: a re-run registers another model version; their tasks already retry transient errors.
+    retries: int = 0
+    parameters: dict[str, Any] = field(default_factory=dict)  # beyond as_of and params
+    scheduled_as_of: bool = True  # as_of="scheduled" by default; False: the trigger must give an as_of
+    on_promotion: bool = False  # also run on every PROMOTED_EVENT, with the promotion's as_of
+
+    def __post_init__(self) -> None:
+        if self.cron is not None:
+            CronSchedule(cron=self.cron, timezone=TIMEZONE)  # rejects a bad cron or zone, naming it
+
+
+DEPLOYMENTS: tuple[Deployment, ...] = (
+    Deployment("daily_lora_finetune", "0 2 * * *", ("daily", "training", "lora")),
+    Deployment("codebook_refresh", "0 3 * * *", ("daily", "codebook")),
+    Deployment("retrain_speculator", "0 4 * * *", ("daily", "training", "speculation")),
+    Deployment(
+        "materialize_item_embeddings",
+        "*/15 * * * *",
+        ("nearline", "feast"),
+        retries=1,
+        parameters={"bundle": "champion"},
+        on_promotion=True,
+    ),
+    Deployment("update_user_state", "*/5 * * * *", ("nearline", "feast"), retries=1),
+    Deployment("update_item_stats", "*/5 * * * *", ("nearline", "feast"), retries=1),
+    Deployment("speculative_precompute", "*/5 * * * *", ("nearline", "speculation"), retries=1),
+    Deployment("train_scorer", None, ("training", "scorer")),
+    Deployment("retrain_base", None, ("training", "fm"), parameters={"trigger": "manual"}),
+    # run_cycle takes an explicit ISO as_of (a replay or backfill day), so its runs ask for one.
+    Deployment("run_cycle", None, ("cycle",), scheduled_as_of=False),
+)
+
+
+def cron_period(cron: str) -> dt.timedelta:
+    """The time between two consecutive firings of `cron` (for a regular schedule such as */5)."""
+    from prefect._vendor.croniter import croniter  # the parser Prefect validates cron strings with
+
+    it = croniter(cron, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    first = it.get_next(dt.datetime)
+    return it.get_next(dt.datetime) - first
+
+
+def check_precompute_cadence(rows: tuple[Deployment, ...], window: str) -> None:
+    """speculative_precompute covers one speculation.window per run: it must run once per window."""
+    import pandas as pd
+
+    row = next((r for r in rows if r.flow == "speculative_precompute" and r.cron), None)
+    if row is not None and cron_period(row.cron or "") != pd.Timedelta(window):
+        raise SpecrecError(
+            f"speculative_precompute runs on cron {row.cron!r} (every {cron_period(row.cron or '')}) but "
+            f"speculation.window is {window}: windows would overlap or leave gaps; make them equal "
+            "(flows/deploy.py DEPLOYMENTS or params.yaml speculation.window)."
+        )
+
+
+def to_deployment(row: Deployment, params: Path) -> Any:
+    """The RunnerDeployment of one row, with parameters that point at `params`."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.deployments.runner import EntrypointType
+    from prefect.events import DeploymentEventTrigger
+
+    flow = getattr(importlib.import_module(f"flows.{row.flow}"), row.flow)
+    if row.retries:
+        flow = flow.with_options(retries=row.retries, retry_delay_seconds=RETRY_DELAY_S)
+    parameters = {"params": str(params)} | row.parameters
+    if row.scheduled_as_of:
+        parameters["as_of"] = "scheduled"
+    triggers = []
+    if row.on_promotion:
+        triggers.append(
+            DeploymentEventTrigger(
+                name=f"{row.flow} after a promotion",
+                expect={PROMOTED_EVENT},
+                match={"prefect.resource.id": "specrec.model.*"},
+                parameters=parameters | {"as_of": "{{ event.payload.as_of }}"},
+            )
+        )
+    return flow.to_deployment(
+        name=NAME,
+        schedules=[CronSchedule(cron=row.cron, timezone=TIMEZONE)] if row.cron else None,
+        paused=False,  # serve pauses the schedules when it stops; starting it again resumes them
+        parameters=parameters,
+        triggers=triggers,
+        tags=["specrec", *row.tags],
+        description=(flow.description or "").strip().splitlines()[0] or None,
+        # one run per deployment at a time: a late run waits for the one before instead of racing it
+        concurrency_limit=ConcurrencyLimitConfig(
+            limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+        ),
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+def deployments(params: Path, only: list[str] | None = None) -> list[Any]:
+    """The RunnerDeployments of the table (or of the flows named in `only`), checked against params.yaml."""
+    from specrec.config import load_config
+
+    cfg = load_config(params)
+    check_precompute_cadence(DEPLOYMENTS, cfg.speculation.window)
+    known = [r.flow for r in DEPLOYMENTS]
+    unknown = sorted(set(only or []) - set(known))
+    if unknown:
+        raise SpecrecError(f"no deployment for flow(s) {unknown}; known: {known}.")
+    return [to_deployment(r, params.resolve()) for r in DEPLOYMENTS if not only or r.flow in only]
+
+
+def describe() -> str:
+    """The table as text: flow, schedule, tags, retries."""
+    lines = [f"{'deployment':<36} {'schedule (' + TIMEZONE + ')':<18} {'retries':<8} tags"]
+    for r in DEPLOYMENTS:
+        when = r.cron or "triggered"
+        extra = " + after each promotion" if r.on_promotion else ""
+        lines.append(f"{r.flow + '/' + NAME:<36} {when:<18} {r.retries:<8} {', '.join(r.tags)}{extra}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, then serve the deployments (or only list them)."""
+    ap = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__.splitlines()[0])
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="the project's params.yaml")
+    ap.add_argument("--only", nargs="+", metavar="FLOW", help="serve only these flows' deployments")
+    ap.add_argument("--limit", type=int, default=2, help="flow runs at a time (the demo machine has 2 cores)")
+    ap.add_argument("--list", action="store_true", help="print the table and exit without serving")
+    args = ap.parse_args(argv)
+    if args.list:
+        print(describe())
+        return 0
+    from prefect import serve
+
+    try:
+        found = deployments(args.params, args.only)
+    except SpecrecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    serve(*found, limit=args.limit)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
