@@ -404,6 +404,26 @@ def speculation_precompute(
     _run(run, params)
 
 
+@app.command("report")
+def report(
+    out: Annotated[
+        Path | None, typer.Option(help="HTML file to write (PNGs go beside it); default reports/report.html.")
+    ] = None,
+    mlflow_ui: Annotated[str, typer.Option(help="Base URL of the MLflow UI the page links to.")] = (
+        "http://127.0.0.1:5000"
+    ),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Write the HTML report (quality, speculation, latency, codebook, materialization, FM) from MLflow."""
+
+    def run(cfg: Config) -> None:
+        from specrec.report.build import build_report
+
+        typer.echo(build_report(cfg, out, mlflow_ui).html)
+
+    _run(run, params)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
