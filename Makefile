@@ -27,7 +27,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GIT_PYTHON_REFRESH := quiet
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup system-deps demo test test-fast lint mlflow-ui clean
+.PHONY: help setup system-deps demo test test-fast lint mlflow-ui flows clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -103,6 +103,12 @@ lint: $(STAMP) ## ruff and mypy
 
 mlflow-ui: $(STAMP) ## MLflow UI on http://127.0.0.1:5000 over the project's store
 	bash mlflow/server.sh
+
+# The Prefect server keeps its database, profiles and log under .prefect/ (git-ignored), not ~/.prefect.
+PREFECT_PORT ?= 4200
+flows: $(STAMP) ## Prefect server + UI on http://127.0.0.1:4200 serving every flow's deployment (Ctrl-C stops both)
+	PREFECT_HOME=$(CURDIR)/.prefect PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api \
+		$(BIN)/python -m flows.deploy --server --port $(PREFECT_PORT) --home $(CURDIR)/.prefect
 
 clean: ## remove pipeline outputs (keeps .venv and the MLflow store)
 	rm -rf data/ingested data/prepared data/split data/quarantine

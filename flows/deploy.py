@@ -158,24 +158,43 @@ def describe() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, then serve the deployments (or only list them)."""
+    """Parse arguments, then serve the deployments (with --server: on a local Prefect server it starts)."""
     ap = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__.splitlines()[0])
     ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="the project's params.yaml")
     ap.add_argument("--only", nargs="+", metavar="FLOW", help="serve only these flows' deployments")
     ap.add_argument("--limit", type=int, default=2, help="flow runs at a time (the demo machine has 2 cores)")
     ap.add_argument("--list", action="store_true", help="print the table and exit without serving")
+    ap.add_argument("--server", action="store_true", help="start a local Prefect server first, stop it after")
+    ap.add_argument("--port", type=int, default=4200, help="--server: its port on 127.0.0.1")
+    ap.add_argument("--home", type=Path, default=Path(".prefect"), help="--server: its home (database, log)")
     args = ap.parse_args(argv)
     if args.list:
         print(describe())
         return 0
-    from prefect import serve
-
     try:
         found = deployments(args.params, args.only)
+        if not args.server:
+            return serve_all(found, args.limit)
+        from flows.local_server import running
+
+        with running(args.home.resolve(), "127.0.0.1", args.port) as url:
+            print(f"Prefect UI: {url.removesuffix('/api')}  (server log: {args.home / 'server.log'})")
+            return serve_all(found, args.limit, url)
     except SpecrecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    serve(*found, limit=args.limit)
+
+
+def serve_all(found: list[Any], limit: int, api_url: str | None = None) -> int:
+    """Register and serve the deployments until interrupted (against `api_url` when given)."""
+    from prefect import serve
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url} if api_url else {}):
+        try:
+            serve(*found, limit=limit)
+        except KeyboardInterrupt:
+            print("stopped serving (schedules paused until the next start)")
     return 0
 
 
