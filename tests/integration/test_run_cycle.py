@@ -1,0 +1,102 @@
+"""run_cycle as a real Prefect flow run (test harness) on a tiny project of its own (real MLflow registry,
+real Feast store): every step in order, the cycle's counts, the bundle serving, and idempotence per as_of
+(a rerun registers nothing and returns the same bundle; after a crash past some steps they are skipped)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import mlflow
+from flows.run_cycle import run_cycle
+from specrec.clock import ReplayClock
+from specrec.config import Config
+from specrec.nearline import bundles
+from specrec.nearline.store import apply
+from specrec.replay.cycle import resolve_as_of
+from specrec.tracking import experiment_id, use_project_store
+from tests.integration.cycle_project import cycle_project
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MODELS = ("specrec-fm", "specrec-fm-adapter", "specrec-speculator", "specrec-bundle", "specrec-codebook")
+EXPERIMENTS = ("lora-finetune", "speculation", "materialize", "cycle")
+
+
+@pytest.fixture(scope="module")
+def harness() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, root: Path) -> Config:
+    cfg = cycle_project(tmp_path_factory, root)
+    use_project_store(cfg.root)
+    apply(cfg)
+    return cfg
+
+
+def _versions(client: mlflow.MlflowClient) -> dict[str, list[str]]:
+    """Every registered version of every model."""
+    return {m: sorted(v.version for v in client.search_model_versions(f"name='{m}'")) for m in MODELS}
+
+
+def _runs(cfg: Config) -> dict[str, int]:
+    """Active runs per experiment."""
+    return {
+        e: len(mlflow.search_runs([experiment_id(cfg.root, e)], output_format="list")) for e in EXPERIMENTS
+    }
+
+
+def test_cycle_runs_every_step_once_per_as_of(project: Config, harness: None) -> None:
+    cfg, client = project, mlflow.MlflowClient()
+    params = str(cfg.root / "params.yaml")
+    as_of = resolve_as_of(cfg, "3")  # the replay test runs cycles 1-2 of the same project
+    cycle = ReplayClock.from_config(cfg.clock).cycle(3)
+    state = run_cycle(as_of=as_of, params=params, return_state=True)
+    assert state.is_completed(), state
+    first = state.result()
+    assert not first["reused"]
+    steps = first["steps"]
+    assert list(steps) == [
+        "ingest", "lora", "codebook", "speculator", "item_repr", "item_stats", "user_state", "precompute"
+    ]
+    assert not any(s.startswith("done before") for s in steps.values()), steps
+    assert steps["codebook"].startswith("skipped: no specrec-codebook@champion")
+    serving = bundles.serving(client)
+    assert serving is not None and serving.bundle_id == first["bundle_id"]
+    assert serving.version == first["bundle_version"]
+
+    # the cycle's counts are those of the events in [as_of - cadence, as_of)
+    events = pd.read_parquet(cfg.path(cfg.paths.prepared) / "interactions.parquet")
+    mine = events[(events["timestamp"] >= cycle.start) & (events["timestamp"] < cycle.as_of)]
+    ingest = first["ingest"]
+    assert ingest["events"] == len(mine) > 0 and ingest["users"] == mine["user_id"].nunique()
+    assert ingest["known_events"] == int((events["timestamp"] < cycle.as_of).sum())
+    run = mlflow.get_run(first["run_id"])
+    assert run.info.experiment_id == experiment_id(cfg.root, "cycle") and run.info.run_name == cycle.name
+    assert run.data.tags["as_of"] == cycle.as_of.isoformat() and run.data.metrics["events"] == len(mine)
+    adapters = client.search_model_versions("name='specrec-fm-adapter'")
+    assert sum(v.tags.get("as_of") == cycle.as_of.isoformat() for v in adapters) <= 1
+
+    # a rerun of the complete cycle: same bundle, no registered version, no run anywhere
+    versions, runs = _versions(client), _runs(cfg)
+    again = run_cycle(as_of=as_of, params=params)
+    assert again["reused"] and again["bundle_id"] == first["bundle_id"]
+    assert _versions(client) == versions and _runs(cfg) == runs
+
+    # a cycle that died before it was recorded: the steps that ran are found by their as_of runs
+    client.delete_run(first["run_id"])
+    third = run_cycle(as_of=as_of, params=params)
+    assert not third["reused"] and third["bundle_id"] == first["bundle_id"]
+    for step in ("lora", "speculator", "precompute"):
+        assert third["steps"][step].startswith("done before"), third["steps"]
+    assert _versions(client) == versions
+    assert _runs(cfg) == runs  # the new cycle run replaces the deleted one; nothing else was logged
+    assert bundles.serving(client).bundle_id == first["bundle_id"]  # type: ignore[union-attr]
