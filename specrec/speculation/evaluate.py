@@ -117,8 +117,8 @@ def log_evaluation(evaluation: Evaluation, prefix: str = "") -> None:
     import mlflow
     from specrec.registry import metric_key
 
-    finite = {k: v for k, v in evaluation.default.items() if np.isfinite(v)}
-    mlflow.log_metrics({metric_key(f"{prefix}{k}"): float(v) for k, v in finite.items()})
+    # every key, NaN included (e.g. staleness with no hits), so every run has the same metric keys
+    mlflow.log_metrics({metric_key(f"{prefix}{k}"): float(v) for k, v in evaluation.default.items()})
     for row in evaluation.budgets:
         b = int(row["budget"])
         mlflow.log_metrics(

@@ -235,6 +235,9 @@ def account_past(
     out = {"last_window_requests": 0.0, "last_window_served": 0.0, "last_window_hits": 0.0}
     if last in per.index:
         out = {k: float(per.loc[last, c]) for k, c in zip(out, ("requests", "served", "hits"), strict=True)}
+    # the same keys in every window's run (NaN where nothing applies): MLflow runs line up in the compare view
+    nan = float("nan")
+    out |= {"last_window_coverage": nan, "expired_rows_pairs": 0.0, "expired_rows_precision": nan}
     if out["last_window_served"]:
         out["last_window_coverage"] = out["last_window_hits"] / out["last_window_served"]
     if first in per.index and per.loc[first, "pairs"] > 0:
