@@ -9,6 +9,7 @@ from pathlib import Path
 
 from specrec.clock import ReplayClock
 from specrec.config import Config
+from specrec.errors import SpecrecError
 from specrec.report.page import render
 from specrec.report.sections import Context, Section, build_sections
 from specrec.tracking import experiment_id, use_project_store
@@ -32,8 +33,7 @@ class Report:
 
 def build_report(cfg: Config, out: Path | None = None, ui: str = DEFAULT_UI) -> Report:
     """Write the page (default reports/report.html under the project) and log it to MLflow `report`."""
-    path = (out if out is not None else cfg.root / DEFAULT_OUT).resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _checked_out((out if out is not None else cfg.root / DEFAULT_OUT).resolve())
     store = use_project_store(cfg.root)
     ctx = Context(
         path.parent,
@@ -49,6 +49,14 @@ def build_report(cfg: Config, out: Path | None = None, ui: str = DEFAULT_UI) -> 
     run_id = _log(cfg, path, figures, sections)
     log.info("report: %s (%d figures), MLflow run %s", path, len(figures), run_id)
     return Report(path, figures, run_id, {s.key: s.n_runs for s in sections})
+
+
+def _checked_out(path: Path) -> Path:
+    """The HTML path, its folder created; a folder or a non-HTML name is refused."""
+    if path.is_dir() or path.suffix.lower() not in (".html", ".htm"):
+        raise SpecrecError(f"--out {path} is not an HTML file path; give one such as reports/report.html.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _newest_cycle(sections: list[Section]) -> str:

@@ -17,8 +17,8 @@ h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom:
 .meta { color: #555; font-size: 0.9em; } .empty { background: #fff6d6; padding: 0.6em 1em; }
 .note { color: #8a4b00; font-size: 0.9em; } img { max-width: 100%; border: 1px solid #eee; }
 table { border-collapse: collapse; font-size: 0.85em; margin-top: 0.8em; }
-th, td { border: 1px solid #ddd; padding: 0.25em 0.5em; text-align: right; }
-th { background: #f3f3f3; } td.text { text-align: left; } a { color: #1a5fb4; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.5em; text-align: right; white-space: nowrap; }
+th { background: #f3f3f3; } td.text { text-align: left; white-space: normal; } a { color: #1a5fb4; }
 """
 
 
