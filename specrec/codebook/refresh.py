@@ -140,6 +140,16 @@ def _log_remap(old: Codebook, new: Codebook) -> None:
         mlflow.log_artifact(str(path), "remap")
 
 
+def _metric_keys(levels: int) -> set[str]:
+    """The keys of a refresh run that retrains; a run that does not gets NaN for the ones it lacks, so every
+    run has the same metric keys (MLflow's compare view lines runs up by cycle)."""
+    health = set(hl.Health(0, [0.0] * levels, [0.0] * levels, 0.0, 0.0).metrics())
+    depths = range(1, levels + 1)
+    stability = {"stability_items"} | {f"{p}prefix_changed_d{d}" for p in ("", "raw_") for d in depths}
+    retrain = health | stability | {"items_without_text", "items_uncoded", "train_loss"}
+    return health | stability | {f"retrain_{k}" for k in retrain}
+
+
 def refresh(cfg: Config, as_of: object, client: MlflowClient, progress: bool = False) -> RefreshResult:
     """One refresh at as_of (see the module docstring); logs one run to MLflow `codebook-refresh`."""
     import mlflow
@@ -192,6 +202,8 @@ def refresh(cfg: Config, as_of: object, client: MlflowClient, progress: bool = F
         health = serving.health()
         mlflow.log_metrics(health.metrics() | stability)
         mlflow.log_metric("prefix_changed", stability[f"prefix_changed_d{cfg.codebook.stability_prefix}"])
+        missing = _metric_keys(codebook.levels) - set(client.get_run(run.info.run_id).data.metrics)
+        mlflow.log_metrics(dict.fromkeys(sorted(missing), float("nan")))  # what only a retrain measures
         mlflow.set_tags({"serving_codebook_version": version, "retrained": str(retrained)})
         with tempfile.TemporaryDirectory() as tmp:
             mlflow.log_artifact(str(_plot(health, serving.codebook_size, Path(tmp) / "health.png")), "plots")

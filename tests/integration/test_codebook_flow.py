@@ -181,6 +181,7 @@ def test_drift_threshold_triggers_retrain_and_records_stability(proj: Config) ->
     run = mlflow.get_run(loud.run_id)
     assert run.data.metrics["drift_retrain"] == 1.0 and "prefix_changed" in run.data.metrics
     assert mlflow.get_run(quiet.run_id).data.metrics["drift_retrain"] == 0.0
+    assert set(mlflow.get_run(quiet.run_id).data.metrics) == set(run.data.metrics)  # the compare view
 
 
 def test_items_without_text_fall_back_to_collab_and_are_counted(proj: Config) -> None:
