@@ -1,8 +1,9 @@
 """The Prefect deployments against a real `prefect server start` on a free loopback port: every deployment
-registers with its cron schedule, timezone, parameters and tags (read back through the Prefect client),
-the promotion trigger exists, and a run of update_item_stats triggered on the server is picked up by a
-real `python -m flows.deploy` serve process and reaches Completed, its as_of resolved from the scheduled
-start time. The run writes into a copy of the tiny project, so the session's shared one is untouched."""
+registers with its cron schedule, timezone, parameters and tags (read back through the Prefect client);
+a promotion event schedules a materialization run with the promotion's as_of; and a run of
+update_item_stats triggered on the server is picked up by a real `python -m flows.deploy` serve process
+and reaches Completed, its as_of resolved from the scheduled start time. The run writes into a copy of
+the tiny project, so the session's shared one is untouched."""
 
 from __future__ import annotations
 
@@ -91,11 +92,41 @@ def test_every_deployment_registers_with_its_schedule(client: object, server: st
     )
     assert [a.trigger.expect for a in automations] == [{"specrec.champion.promoted"}]
     assert automations[0].actions[0].parameters["as_of"] == "{{ event.payload.as_of }}"
+    # a promotion (the event the promoting flows emit) makes the server schedule a materialization run
+    _announce_promotion(server, "2018-02-26T00:00:00+00:00")
+    deadline = time.monotonic() + 30
+    while not (runs := _runs_of(client, materialize.id, "2018-02-26T00:00:00+00:00")):
+        assert time.monotonic() < deadline, "no materialize_item_embeddings run after the promotion event"
+        time.sleep(0.5)
+    assert runs[0].parameters == dict(materialize.parameters) | {"as_of": "2018-02-26T00:00:00+00:00"}
+
+
+def _announce_promotion(server: str, as_of: str) -> None:
+    """Emit the promotion event as the flows do, and wait until it is sent."""
+    from prefect.events.worker import EventsWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.common import announce_promotion
+
+    with temporary_settings(updates={PREFECT_API_URL: server}):
+        announce_promotion("specrec-fm-adapter", 1, as_of)
+        EventsWorker.drain_all()
+
+
+def _runs_of(client: object, deployment_id: object, as_of: str) -> list:  # type: ignore[type-arg]
+    """The flow runs of a deployment with this as_of."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    found = client.read_flow_runs(  # type: ignore[attr-defined]
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+    )
+    return [r for r in found if r.parameters.get("as_of") == as_of]
 
 
 def _serve(project: Path, api_url: str, log: Path) -> subprocess.Popen[bytes]:
     """`python -m flows.deploy` serving update_item_stats against the server, in its own session."""
     env = dict(os.environ) | {"PREFECT_API_URL": api_url, "PREFECT_HOME": str(log.parent / "serve-home")}
+    env["PREFECT_RUNNER_POLL_FREQUENCY"] = "2"  # seconds between polls for runs (default 10)
     with log.open("wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "flows.deploy", "--params", str(project), "--only", "update_item_stats"],
