@@ -4,11 +4,15 @@ check: one run per as_of and the same metric keys in every run."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from specrec.clock import Cycle, to_utc
 from specrec.errors import SpecrecError
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 
 @dataclass(frozen=True)
@@ -58,8 +62,8 @@ def load_runs(experiment: str, tags: tuple[str, ...] = ()) -> Runs:
     )
 
 
-def _frame(runs: list, tags: tuple[str, ...]) -> pd.DataFrame:  # type: ignore[type-arg]
-    """Runs as rows; as_of from the tag (runs without one fall back to the start of the run's name)."""
+def _frame(runs: list[Run], tags: tuple[str, ...]) -> pd.DataFrame:
+    """Runs as rows; as_of from the tag, else the run name; runs with neither (e.g. bundles) are left out."""
     rows = []
     for r in runs:
         as_of = _as_of(r.data.tags.get("as_of") or r.info.run_name or "")

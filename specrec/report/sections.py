@@ -169,7 +169,8 @@ def speculation(ctx: Context, replay: Runs) -> Section:
         "still live; precision: the share of precomputed pairs that were served before expiring. "
         "'evaluation span' is retrain_speculator's replay of the days before as_of at the default budget; "
         "'precompute windows' is what speculative_precompute itself accounted in the cycle's windows; "
-        "'replay requests' is what the scorer found in Feast during `specrec replay`.",
+        "'replay (requests with a hit)' is the share of `specrec replay` requests whose answer used a "
+        "precomputed pair.",
         {"speculation (retrain)": retrain, "speculation (precompute)": precompute},
     )
     live = _live(precompute, ctx.cycles)
@@ -188,7 +189,7 @@ def speculation(ctx: Context, replay: Runs) -> Section:
             {
                 "evaluation span (retrain)": cov,
                 "precompute windows": live["coverage"],
-                "replay requests": replay_cov,
+                "replay (requests with a hit)": replay_cov,
             },
             (0.0, 1.05),
         ),
@@ -207,7 +208,7 @@ def speculation(ctx: Context, replay: Runs) -> Section:
     table["precompute windows"] = live["windows"]
     table["pairs written"] = live["pairs_written"]
     table["live coverage"], table["live precision"] = live["coverage"], live["precision"]
-    table["replay coverage"] = replay_cov
+    table["replay hit share"] = replay_cov
     section.table = table.reset_index().assign(_link="")
     section.notes += [f"speculation (retrain): {p}" for p in alignment(retrain)]
     section.notes += [f"speculation (precompute): {p}" for p in alignment(precompute, "as_of")]
