@@ -28,8 +28,8 @@ from specrec.errors import SpecrecError
 # Every cron below is read in this IANA zone; change it to run the daily jobs at night local time (as_of
 # stays UTC either way).
 TIMEZONE = "UTC"
-# every deployment is <flow>/<NAME>: `prefect deployment run daily_lora_finetune/specrec`
-NAME = "specrec"
+# A deployment is named <flow>/<tier>, the tier of the freshness hierarchy it serves (docs/architecture.md):
+TIERS = ("daily", "nearline", "on-demand")
 RETRY_DELAY_S = 60
 
 
@@ -38,6 +38,7 @@ class Deployment:
     """One row: a flow in flows/<flow>.py (function of the same name) and how it is deployed."""
 
     flow: str
+    tier: str  # one of TIERS; also a tag
     cron: str | None  # None: no schedule, runs when triggered (UI, `prefect deployment run`, automation)
     tags: tuple[str, ...]
     # Flow-level retries, only where a re-run at the same as_of is idempotent (nearline writes). Training
@@ -47,30 +48,38 @@ class Deployment:
     scheduled_as_of: bool = True  # as_of="scheduled" by default; False: the trigger must give an as_of
     on_promotion: bool = False  # also run on every PROMOTED_EVENT, with the promotion's as_of
 
+    @property
+    def name(self) -> str:
+        """The deployment's full name, as `prefect deployment run` takes it."""
+        return f"{self.flow}/{self.tier}"
+
     def __post_init__(self) -> None:
+        if self.tier not in TIERS:
+            raise SpecrecError(f"deployment {self.flow}: tier {self.tier!r} is not one of {TIERS}.")
         if self.cron is not None:
             CronSchedule(cron=self.cron, timezone=TIMEZONE)  # rejects a bad cron or zone, naming it
 
 
 DEPLOYMENTS: tuple[Deployment, ...] = (
-    Deployment("daily_lora_finetune", "0 2 * * *", ("daily", "training", "lora")),
-    Deployment("codebook_refresh", "0 3 * * *", ("daily", "codebook")),
-    Deployment("retrain_speculator", "0 4 * * *", ("daily", "training", "speculation")),
+    Deployment("daily_lora_finetune", "daily", "0 2 * * *", ("training", "lora")),
+    Deployment("codebook_refresh", "daily", "0 3 * * *", ("codebook",)),
+    Deployment("retrain_speculator", "daily", "0 4 * * *", ("training", "speculation")),
     Deployment(
         "materialize_item_embeddings",
+        "nearline",
         "*/15 * * * *",
-        ("nearline", "feast"),
+        ("feast",),
         retries=1,
         parameters={"bundle": "champion"},
         on_promotion=True,
     ),
-    Deployment("update_user_state", "*/5 * * * *", ("nearline", "feast"), retries=1),
-    Deployment("update_item_stats", "*/5 * * * *", ("nearline", "feast"), retries=1),
-    Deployment("speculative_precompute", "*/5 * * * *", ("nearline", "speculation"), retries=1),
-    Deployment("train_scorer", None, ("training", "scorer")),
-    Deployment("retrain_base", None, ("training", "fm"), parameters={"trigger": "manual"}),
+    Deployment("update_user_state", "nearline", "*/5 * * * *", ("feast",), retries=1),
+    Deployment("update_item_stats", "nearline", "*/5 * * * *", ("feast",), retries=1),
+    Deployment("speculative_precompute", "nearline", "*/5 * * * *", ("speculation",), retries=1),
+    Deployment("train_scorer", "on-demand", None, ("training", "scorer")),
+    Deployment("retrain_base", "on-demand", None, ("training", "fm"), parameters={"trigger": "manual"}),
     # run_cycle takes an explicit ISO as_of (a replay or backfill day), so its runs ask for one.
-    Deployment("run_cycle", None, ("cycle",), scheduled_as_of=False),
+    Deployment("run_cycle", "on-demand", None, ("cycle",), scheduled_as_of=False),
 )
 
 
@@ -119,12 +128,12 @@ def to_deployment(row: Deployment, params: Path) -> Any:
             )
         )
     return flow.to_deployment(
-        name=NAME,
+        name=row.tier,
         schedules=[CronSchedule(cron=row.cron, timezone=TIMEZONE)] if row.cron else None,
         paused=False,  # serve pauses the schedules when it stops; starting it again resumes them
         parameters=parameters,
         triggers=triggers,
-        tags=["specrec", *row.tags],
+        tags=["specrec", row.tier, *row.tags],
         description=(flow.description or "").strip().splitlines()[0] or None,
         # one run per deployment at a time: a late run waits for the one before instead of racing it
         concurrency_limit=ConcurrencyLimitConfig(
@@ -149,11 +158,11 @@ def deployments(params: Path, only: list[str] | None = None) -> list[Any]:
 
 def describe() -> str:
     """The table as text: flow, schedule, tags, retries."""
-    lines = [f"{'deployment':<36} {'schedule (' + TIMEZONE + ')':<18} {'retries':<8} tags"]
+    lines = [f"{'deployment':<38} {'schedule (' + TIMEZONE + ')':<18} {'retries':<8} tags"]
     for r in DEPLOYMENTS:
         when = r.cron or "triggered"
         extra = " + after each promotion" if r.on_promotion else ""
-        lines.append(f"{r.flow + '/' + NAME:<36} {when:<18} {r.retries:<8} {', '.join(r.tags)}{extra}")
+        lines.append(f"{r.name:<38} {when:<18} {r.retries:<8} {', '.join(r.tags)}{extra}")
     return "\n".join(lines)
 
 

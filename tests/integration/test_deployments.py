@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 import mlflow
-from flows.deploy import DEPLOYMENTS, NAME, TIMEZONE, deployments
+from flows.deploy import DEPLOYMENTS, TIMEZONE, deployments
 from flows.local_server import running
 from specrec.errors import SpecrecError
 from tests.conftest import require
@@ -72,20 +72,21 @@ def test_every_deployment_registers_with_its_schedule(client: object, server: st
         for d in deployments(project):
             d.apply()
     for row in DEPLOYMENTS:
-        dep = client.read_deployment_by_name(f"{row.flow}/{NAME}")  # type: ignore[attr-defined]
+        dep = client.read_deployment_by_name(row.name)  # type: ignore[attr-defined]
         crons = [(s.schedule.cron, s.schedule.timezone, s.active) for s in dep.schedules]
         assert crons == ([(row.cron, TIMEZONE, True)] if row.cron else []), row.flow
         expected = {"params": str(project.resolve())} | row.parameters
         expected |= {"as_of": "scheduled"} if row.scheduled_as_of else {}
         assert dep.parameters == expected, row.flow
-        assert set(dep.tags) == {"specrec", *row.tags} and dep.entrypoint == f"flows.{row.flow}.{row.flow}"
+        assert set(dep.tags) == {"specrec", row.tier, *row.tags}, row.flow
+        assert dep.entrypoint == f"flows.{row.flow}.{row.flow}"
     cron = {r.flow: r.cron for r in DEPLOYMENTS}  # the schedule issue 9 asks for
     assert cron["daily_lora_finetune"] == "0 2 * * *" and cron["codebook_refresh"] == "0 3 * * *"
     assert cron["retrain_speculator"] == "0 4 * * *" and cron["materialize_item_embeddings"] == "*/15 * * * *"
     nearline = ("update_user_state", "update_item_stats", "speculative_precompute")
     assert {cron[f] for f in nearline} == {"*/5 * * * *"}
     materialize = client.read_deployment_by_name(  # type: ignore[attr-defined]
-        f"materialize_item_embeddings/{NAME}"
+        "materialize_item_embeddings/nearline"
     )
     automations = client.read_resource_related_automations(  # type: ignore[attr-defined]
         f"prefect.deployment.{materialize.id}"
@@ -169,5 +170,5 @@ def _trigger_when_served(client: object, proc: subprocess.Popen[bytes], log: Pat
     while "are being served" not in log.read_text(errors="replace"):
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.5)
-    dep = client.read_deployment_by_name(f"update_item_stats/{NAME}")  # type: ignore[attr-defined]
+    dep = client.read_deployment_by_name("update_item_stats/nearline")  # type: ignore[attr-defined]
     return client.create_flow_run_from_deployment(dep.id)  # type: ignore[attr-defined]
