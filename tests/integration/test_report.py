@@ -178,24 +178,36 @@ def test_report_draws_every_experiment_and_is_logged(proj: Config, tmp_path: Pat
     assert logged == {f"report/{p.name}" for p in [report.html, *figures]}
 
 
-def test_replay_runs_get_latency_plot(proj: Config, tmp_path: Path) -> None:
-    """Runs in the replay contract (one per cycle: requests, errors, latency percentiles, ...) are drawn."""
+def _replay_run(cfg: Config, k: int, p50: float, drop: str = "") -> None:
+    """One run in the replay contract (`specrec replay` logs one per cycle with these keys)."""
+    cycle = ReplayClock.from_config(cfg.clock).cycle(k)
+    metrics = (
+        {"requests": 100.0, "errors": 0.0, "degraded": float(k), "hr_at_10": 0.1, "ndcg_at_10": 0.05}
+        | {"spec_hits": 10.0, "spec_coverage": 0.4, "cycle_seconds": 30.0}
+        | {"latency_p50_ms": p50, "latency_p95_ms": 2 * p50, "latency_p99_ms": 3 * p50}
+    )
+    with mlflow.start_run(experiment_id=experiment_id(cfg.root, "replay"), run_name=cycle.name):
+        mlflow.set_tag("as_of", cycle.as_of.isoformat())
+        mlflow.log_metrics({k: v for k, v in metrics.items() if k != drop})
+
+
+def test_replay_runs_are_drawn_and_runs_out_of_line_are_flagged(proj: Config, tmp_path: Path) -> None:
     copy = tmp_path / "project"
     shutil.copytree(proj.root, copy, ignore=shutil.ignore_patterns("feast", "kv_cache", "data"))
     cfg = _use(load_config(copy / "params.yaml"))
-    clock = ReplayClock.from_config(cfg.clock)
-    for k, p50 in ((1, 4.0), (2, 6.0)):
-        with mlflow.start_run(experiment_id=experiment_id(cfg.root, "replay"), run_name=clock.cycle(k).name):
-            mlflow.set_tag("as_of", clock.cycle(k).as_of.isoformat())
-            mlflow.log_metrics(
-                {"requests": 100.0, "errors": 0.0, "degraded": float(k), "hr_at_10": 0.1, "ndcg_at_10": 0.05}
-                | {"spec_hits": 10.0, "spec_coverage": 0.4, "cycle_seconds": 30.0}
-                | {"latency_p50_ms": p50, "latency_p95_ms": 2 * p50, "latency_p99_ms": 3 * p50}
-            )
+    _replay_run(cfg, 1, 4.0)
+    _replay_run(cfg, 2, 6.0)
     report = build_report(cfg, tmp_path / "report.html")
     assert "report_latency.png" in {p.name for p in _pngs(report.html)}
     page = report.html.read_text()
-    assert "no replay runs yet" not in page and ">12<" in page  # p95 of cycle 2 in the table
+    assert "no replay runs yet" not in page and "<td>12</td>" in page  # p95 of cycle 2 in the table
+    assert "compare view:" not in page
+    # a second run of cycle 2 that lacks a key breaks the compare view: the page says so
+    _replay_run(cfg, 2, 5.0, drop="spec_hits")
+    page = build_report(cfg, tmp_path / "again.html").html.read_text()
+    cycle = ReplayClock.from_config(cfg.clock).cycle(2).name
+    assert f"compare view: replay: 2 runs for cycle {cycle}" in page
+    assert "compare view: replay: metric keys differ between runs: spec_hits" in page
 
 
 def test_cli_writes_the_report_and_prints_its_path(proj: Config, tmp_path: Path) -> None:
