@@ -90,7 +90,7 @@ def quality(ctx: Context) -> Section:
         "Next-event NDCG@10 and HR@10 (every item ranked) on each cycle's holdout, the newest "
         "events of the cycle that no adapter trained on. 'frozen base' is specrec-fm@champion without an "
         "adapter, 'champion adapter' the adapter serving before the cycle, 'new adapter' the one trained in "
-        "the cycle (promoted only when it passes the gate). Skipped cycles leave gaps.",
+        "the cycle (promoted only when it passes the gate). A skipped cycle has no new-adapter point.",
         {"lora-finetune": runs},
     )
     if not len(runs):
