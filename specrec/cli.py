@@ -409,9 +409,10 @@ def report(
     out: Annotated[
         Path | None, typer.Option(help="HTML file to write (PNGs go beside it); default reports/report.html.")
     ] = None,
-    mlflow_ui: Annotated[str, typer.Option(help="Base URL of the MLflow UI the page links to.")] = (
-        "http://127.0.0.1:5000"
-    ),
+    mlflow_ui: Annotated[
+        str | None,
+        typer.Option(help="Base URL of the MLflow UI the page links to (default: make mlflow-ui's address)."),
+    ] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Write the HTML report (quality, speculation, latency, codebook, materialization, FM) from MLflow."""

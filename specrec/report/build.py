@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +19,11 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT = "report"
 DEFAULT_OUT = Path("reports") / "report.html"
-DEFAULT_UI = "http://127.0.0.1:5000"  # `make mlflow-ui` (mlflow/server.sh)
+
+
+def default_ui() -> str:
+    """The address `make mlflow-ui` serves on (mlflow/server.sh: MLFLOW_HOST, MLFLOW_PORT)."""
+    return f"http://{os.environ.get('MLFLOW_HOST', '127.0.0.1')}:{os.environ.get('MLFLOW_PORT', '5000')}"
 
 
 @dataclass(frozen=True)
@@ -31,8 +36,9 @@ class Report:
     runs: dict[str, int]  # section key -> runs it drew on
 
 
-def build_report(cfg: Config, out: Path | None = None, ui: str = DEFAULT_UI) -> Report:
+def build_report(cfg: Config, out: Path | None = None, ui: str | None = None) -> Report:
     """Write the page (default reports/report.html under the project) and log it to MLflow `report`."""
+    ui = ui or default_ui()
     path = _checked_out((out if out is not None else cfg.root / DEFAULT_OUT).resolve())
     store = use_project_store(cfg.root)
     ctx = Context(
