@@ -20,9 +20,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-from prefect import flow, get_run_logger, task
+from prefect import Flow, flow, get_run_logger, task
 
 from flows.codebook_refresh import codebook_refresh
 from flows.common import retry_unless_user_error, setup
@@ -34,7 +34,14 @@ from flows.update_item_stats import update_item_stats
 from flows.update_user_state import update_user_state
 from specrec.clock import to_utc
 
-RETRIES = {"retries": 1, "retry_delay_seconds": 10}
+RETRIES, RETRY_DELAY_S = 1, 10  # per subflow; their own tasks already retry transient errors
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _retrying(subflow: Flow[P, R]) -> Flow[P, R]:
+    """The subflow with the cycle's retries."""
+    return subflow.with_options(retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S)
 
 
 @task(retries=3, retry_delay_seconds=[2, 5, 15], retry_condition_fn=retry_unless_user_error)
@@ -126,14 +133,14 @@ def run_cycle(as_of: str, params: str = "params.yaml") -> dict[str, Any]:
     assert ingest is not None
     steps.run(
         "lora",
-        lambda: daily_lora_finetune.with_options(**RETRIES)(as_of=when, params=p),
+        lambda: _retrying(daily_lora_finetune)(as_of=when, params=p),
         lambda r: f"{r['cycle']['status']} adapter v{r['cycle']['adapter_version']} ({r['cycle']['reason']})",
         ("lora-finetune", {}),
     )
     if has_codebook(p):
         steps.run(
             "codebook",
-            lambda: codebook_refresh.with_options(**RETRIES)(as_of=when, params=p, write_feast=False),
+            lambda: _retrying(codebook_refresh)(as_of=when, params=p, write_feast=False),
             lambda r: f"v{r['version']}, {r['new_items']} new items coded, retrained {r['retrained']}",
             ("codebook-refresh", {"stage": "refresh"}),
         )
@@ -141,29 +148,29 @@ def run_cycle(as_of: str, params: str = "params.yaml") -> dict[str, Any]:
         steps.outcome["codebook"] = "skipped: no specrec-codebook@champion (`dvc repro codebook`)"
     steps.run(
         "speculator",
-        lambda: retrain_speculator.with_options(**RETRIES)(as_of=when, params=p),
+        lambda: _retrying(retrain_speculator)(as_of=when, params=p),
         lambda r: f"v{r['version']} promoted={r['promoted']} coverage {r['coverage']:.3f}",
         ("speculation", {"kind": "retrain"}),
     )
     items = steps.run(
         "item_repr",
-        lambda: materialize_item_embeddings.with_options(**RETRIES)(as_of=when, params=p),
+        lambda: _retrying(materialize_item_embeddings)(as_of=when, params=p),
         lambda r: f"bundle {r['bundle_id']} v{r['bundle_version']}: {r['rows_written']} rows ({r['mode']})",
     )
     assert items is not None
     steps.run(
         "item_stats",
-        lambda: update_item_stats.with_options(**RETRIES)(as_of=when, params=p),
+        lambda: _retrying(update_item_stats)(as_of=when, params=p),
         lambda r: f"{int(r['rows_written'])} rows",
     )
     steps.run(
         "user_state",
-        lambda: update_user_state.with_options(**RETRIES)(as_of=when, params=p),
+        lambda: _retrying(update_user_state)(as_of=when, params=p),
         lambda r: f"{r['rows_written']} rows ({r['mode']}, bundle {r['bundle_id']})",
     )
     steps.run(
         "precompute",
-        lambda: speculative_precompute.with_options(**RETRIES)(as_of=when, params=p),
+        lambda: _retrying(speculative_precompute)(as_of=when, params=p),
         lambda r: str(r["message"]),
         ("speculation", {"kind": "precompute"}),
     )

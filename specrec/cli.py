@@ -404,6 +404,62 @@ def speculation_precompute(
     _run(run, params)
 
 
+cycle_app = typer.Typer(
+    help="The daily cycle: every flow for one as_of, in dependency order.", no_args_is_help=True
+)
+app.add_typer(cycle_app, name="cycle")
+
+
+@cycle_app.command("run")
+def cycle_run(
+    as_of: Annotated[
+        str, typer.Option(help="ISO date or time, 'first', or a cycle number N (its as_of on the clock).")
+    ],
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Run flow run_cycle: events, LoRA, codebook, speculator, bundle, precompute (once per as_of)."""
+
+    def run(cfg: Config) -> None:
+        from flows.run_cycle import run_cycle
+        from specrec.replay.cycle import resolve_as_of
+
+        out = run_cycle(as_of=resolve_as_of(cfg, as_of), params=str(params.resolve()))
+        again = " (complete before: nothing run)" if out["reused"] else ""
+        typer.echo(f"cycle {out['as_of']}: bundle {out['bundle_id']} v{out['bundle_version']}{again}")
+        for step, outcome in out["steps"].items():
+            typer.echo(f"  {step:<11} {outcome}")
+
+    _run(run, params)
+
+
+@app.command("replay")
+def replay_cmd(
+    cycles: Annotated[int, typer.Option(help="Cycles of the clock to run and replay, from the first.")] = 2,
+    requests: Annotated[
+        int | None, typer.Option(help="Requests per cycle at most (default replay.requests).")
+    ] = None,
+    rerun: Annotated[bool, typer.Option(help="Replay cycles that were replayed before again.")] = False,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Run N daily cycles; after each, send the next events to the real scorer; log to MLflow `replay`."""
+
+    def run(cfg: Config) -> None:
+        import dataclasses
+
+        from specrec.replay.cycle import check_cycles
+
+        check_cycles(cfg, cycles)  # bad input ends here with one line, before the heavy imports
+        from specrec.replay.run import replay
+
+        if requests is not None:
+            cfg = dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, requests=requests))
+        rows = replay(cfg, params.resolve(), cycles, rerun)
+        runs = ", ".join(str(r["run_id"]) for r in rows)
+        typer.echo(f"{len(rows)} cycles in MLflow experiment 'replay' (make mlflow-ui), runs {runs}")
+
+    _run(run, params)
+
+
 @app.command("report")
 def report(
     out: Annotated[

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -55,8 +56,12 @@ def build_scorer(
     candidates: int = 200,
     deadline_s: float = 0.05,
     watch_seconds: float = 5.0,
+    now: Callable[[], float] = time.time,
 ) -> tuple[Scorer, Callable[[], Awaitable[None]]]:
-    """The Scorer on the current serving bundle, and a coroutine that swaps bundles when the alias moves."""
+    """The Scorer on the current serving bundle, and a coroutine that swaps bundles when the alias moves.
+
+    `now` is the clock speculative rows expire against (the wall clock; a replay passes simulated time).
+    """
     use_project_store(cfg.root)
     client, store = mlflow.MlflowClient(), open_store(cfg)
     bundle = bundles.serving(client)
@@ -65,7 +70,7 @@ def build_scorer(
             "no specrec-bundle@serving yet: run `specrec nearline run --as-of first` (or the "
             "materialize_item_embeddings flow) before serving."
         )
-    scorer = Scorer(store, _state(cfg, store, bundle), candidates, deadline_s, parallel)
+    scorer = Scorer(store, _state(cfg, store, bundle), candidates, deadline_s, parallel, now)
 
     async def watch() -> None:
         """Poll the serving alias; build the new bundle's state off the event loop, then swap."""

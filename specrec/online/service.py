@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -149,9 +149,13 @@ class Scorer:
         candidates: int = 200,
         deadline_s: float = 0.05,
         parallel: bool = True,
+        now: Callable[[], float] = time.time,
     ) -> None:
         self.store, self.state = store, state
         self.candidates, self.deadline_s, self.parallel = candidates, deadline_s, parallel
+        # The clock speculative rows' expires_at is checked against (epoch seconds): the wall clock in
+        # operation, the simulated event time in a replay (`specrec replay`).
+        self.now = now
         self.pool = ThreadPoolExecutor(max_workers=IO_WORKERS, thread_name_prefix="specrec-io")
         self._inflight = 0  # store reads submitted and not finished (event-loop thread only)
         self._open_until = 0.0  # circuit breaker: no store reads before this monotonic time
@@ -202,7 +206,7 @@ class Scorer:
             return "store_busy"
         self._inflight += 1
         loop = asyncio.get_running_loop()
-        pending = loop.run_in_executor(self.pool, self._read_user, state, user_id, time.time())
+        pending = loop.run_in_executor(self.pool, self._read_user, state, user_id, self.now())
         pending.add_done_callback(self._read_done)
         return pending
 

@@ -14,18 +14,19 @@ run exists; the cycle's own run (tag `complete`) records the bundle, so a rerun 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-import mlflow
 from specrec.clock import Cycle, EventLog, ReplayClock, to_utc
 from specrec.config import Config
 from specrec.data.validate import parse_times
-from specrec.errors import DataError
+from specrec.errors import DataError, SpecrecError
 from specrec.io import read_parquet
-from specrec.lora.finetune import cycle_at as cycle_of  # the cycle ending at as_of (index 0 off the grid)
 from specrec.tracking import experiment_id
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,24 @@ def resolve_as_of(cfg: Config, value: str) -> str:
     if value.isdigit():
         return clock.cycle(int(value)).as_of.isoformat()
     return to_utc(value).isoformat()
+
+
+def cycle_of(cfg: Config, as_of: object) -> Cycle:
+    """The cycle ending at as_of (the clock's index on a boundary, 0 off its grid); as the LoRA cycle."""
+    from specrec.lora.finetune import cycle_at
+
+    return cycle_at(cfg, as_of)
+
+
+def check_cycles(cfg: Config, n: int) -> list[Cycle]:
+    """The first n cycles for the replay; each needs the following cadence of events inside the clock."""
+    clock = ReplayClock.from_config(cfg.clock)
+    if not 1 <= n <= clock.n_cycles - 1:
+        raise SpecrecError(
+            f"--cycles {n}: the replay serves the cadence after each cycle's as_of, so this clock "
+            f"(clock.cycles = {clock.n_cycles}) allows 1..{clock.n_cycles - 1}; pass a number in that range."
+        )
+    return clock.cycles()[:n]
 
 
 def _timestamp_unit(cfg: Config) -> str | None:
@@ -87,8 +106,10 @@ def ingest_cycle(cfg: Config, as_of: object) -> dict[str, Any]:
     }
 
 
-def done_run(cfg: Config, experiment: str, as_of: str, **tags: str) -> mlflow.entities.Run | None:
+def done_run(cfg: Config, experiment: str, as_of: str, **tags: str) -> Run | None:
     """The newest finished run of `experiment` tagged with this as_of (and `tags`), if any."""
+    import mlflow
+
     query = " and ".join(
         [f"tags.as_of = '{as_of}'", "attributes.status = 'FINISHED'"]
         + [f"tags.{k} = '{v}'" for k, v in tags.items()]
@@ -121,6 +142,8 @@ def recorded(cfg: Config, as_of: str) -> dict[str, Any] | None:
 
 def record(cfg: Config, result: dict[str, Any]) -> str:
     """Log the cycle: one run in `cycle` named by the cycle, ingest counts, step outcomes, the bundle."""
+    import mlflow
+
     cycle = cycle_of(cfg, result["as_of"])
     with mlflow.start_run(experiment_id=experiment_id(cfg.root, EXPERIMENT), run_name=cycle.name) as run:
         mlflow.set_tags(

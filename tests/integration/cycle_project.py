@@ -23,7 +23,7 @@ _BUILT: dict[str, Config] = {}
 
 
 def _cheap(cfg: Config) -> Config:
-    """Tiny FM; one LoRA epoch; a speculator fitted on 60 days, judged on 14."""
+    """Tiny FM; one LoRA epoch; a speculator fitted on 28 days, judged on 7 at its default budget only."""
     fm = dataclasses.replace(
         cfg.fm,
         dim=16,
@@ -32,7 +32,7 @@ def _cheap(cfg: Config) -> Config:
         train=dataclasses.replace(cfg.fm.train, max_epochs=1, batch_size=128),
     )
     lora = dataclasses.replace(cfg.lora, epochs=1)
-    spec = dataclasses.replace(cfg.speculation, train_days=60, eval_days=14, epochs=2)
+    spec = dataclasses.replace(cfg.speculation, train_days=28, eval_days=7, epochs=2, budgets=[1000])
     replay = dataclasses.replace(cfg.replay, requests=12)
     return dataclasses.replace(cfg, fm=fm, lora=lora, speculation=spec, replay=replay)
 
