@@ -105,15 +105,28 @@ def check_precompute_cadence(rows: tuple[Deployment, ...], window: str) -> None:
         )
 
 
+def served_flow(row: Deployment) -> Any:
+    """The flow of a row as its deployment runs it: with the row's flow-level retries."""
+    flow = getattr(importlib.import_module(f"flows.{row.flow}"), row.flow)
+    return flow.with_options(retries=row.retries, retry_delay_seconds=RETRY_DELAY_S) if row.retries else flow
+
+
+def __getattr__(name: str) -> Any:
+    """`flows.deploy.<flow>` is the served flow: the deployments' entrypoint, so a run loaded from it in
+    serve's subprocess gets the row's retries (the flow in flows/<flow>.py has none of its own)."""
+    row = next((r for r in DEPLOYMENTS if r.flow == name), None)
+    if row is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return served_flow(row)
+
+
 def to_deployment(row: Deployment, params: Path) -> Any:
     """The RunnerDeployment of one row, with parameters that point at `params`."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.deployments.runner import EntrypointType
     from prefect.events import DeploymentEventTrigger
 
-    flow = getattr(importlib.import_module(f"flows.{row.flow}"), row.flow)
-    if row.retries:
-        flow = flow.with_options(retries=row.retries, retry_delay_seconds=RETRY_DELAY_S)
+    flow = served_flow(row)
     parameters = {"params": str(params)} | row.parameters
     if row.scheduled_as_of:
         parameters["as_of"] = "scheduled"
@@ -127,7 +140,7 @@ def to_deployment(row: Deployment, params: Path) -> Any:
                 parameters=parameters | {"as_of": "{{ event.payload.as_of }}"},
             )
         )
-    return flow.to_deployment(
+    deployment = flow.to_deployment(
         name=row.tier,
         schedules=[CronSchedule(cron=row.cron, timezone=TIMEZONE)] if row.cron else None,
         paused=False,  # serve pauses the schedules when it stops; starting it again resumes them
@@ -141,6 +154,8 @@ def to_deployment(row: Deployment, params: Path) -> Any:
         ),
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
+    deployment.entrypoint = f"flows.deploy.{row.flow}"  # see __getattr__ (not __name__: may be __main__)
+    return deployment
 
 
 def deployments(params: Path, only: list[str] | None = None) -> list[Any]:

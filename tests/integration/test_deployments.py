@@ -79,7 +79,7 @@ def test_every_deployment_registers_with_its_schedule(client: object, server: st
         expected |= {"as_of": "scheduled"} if row.scheduled_as_of else {}
         assert dep.parameters == expected, row.flow
         assert set(dep.tags) == {"specrec", row.tier, *row.tags}, row.flow
-        assert dep.entrypoint == f"flows.{row.flow}.{row.flow}"
+        assert dep.entrypoint == f"flows.deploy.{row.flow}"  # the flow with the row's retries
     cron = {r.flow: r.cron for r in DEPLOYMENTS}  # the schedule issue 9 asks for
     assert cron["daily_lora_finetune"] == "0 2 * * *" and cron["codebook_refresh"] == "0 3 * * *"
     assert cron["retrain_speculator"] == "0 4 * * *" and cron["materialize_item_embeddings"] == "*/15 * * * *"
@@ -154,6 +154,7 @@ def test_triggered_run_completes_with_the_scheduled_as_of(
         proc.wait(timeout=30)
     assert run.state.is_completed(), (run.state, log.read_text()[-3000:])
     assert run.parameters["as_of"] == "scheduled"
+    assert run.empirical_policy.retries == 1  # the row's flow-level retries reached the served run
     as_of = pd.Timestamp(run.expected_start_time).tz_convert("UTC").floor("s").isoformat()
     from specrec.tracking import experiment_id, use_project_store
 
