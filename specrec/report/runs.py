@@ -110,9 +110,10 @@ def run_link(ui: str, experiment_id: str | None, run_id: str | None = None) -> s
 
 
 def cycle_of(clock_cycles: list[Cycle], when: pd.Series) -> pd.Series:
-    """The name of the clock cycle holding each instant ([start, as_of)); the instant's date outside them."""
+    """The name of the clock cycle each instant belongs to, (start, as_of], so work done at as_of (the
+    cycle's precompute runs at as_of) lines up with the cycle's other runs; outside the clock, its date."""
     out = []
     for t in when:
-        hit = next((c for c in clock_cycles if c.start <= t < c.as_of), None)
+        hit = next((c for c in clock_cycles if c.start < t <= c.as_of), None)
         out.append(hit.name if hit else str(t.date()))
     return pd.Series(out, index=when.index, dtype=str)
