@@ -18,7 +18,8 @@ h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom:
 .note { color: #8a4b00; font-size: 0.9em; } img { max-width: 100%; border: 1px solid #eee; }
 table { border-collapse: collapse; font-size: 0.85em; margin-top: 0.8em; }
 th, td { border: 1px solid #ddd; padding: 0.25em 0.5em; text-align: right; white-space: nowrap; }
-th { background: #f3f3f3; } td.text { text-align: left; white-space: normal; } a { color: #1a5fb4; }
+th { background: #f3f3f3; } td.text { text-align: left; white-space: normal; }
+td.cycle { text-align: left; } .wide { overflow-x: auto; } a { color: #1a5fb4; }
 """
 
 
@@ -43,10 +44,11 @@ def _table(frame: pd.DataFrame, max_rows: int = 60) -> str:
             text, numeric = html.escape(_cell(row[c])), isinstance(row[c], int | float)
             if c == "cycle" and row.get("_link"):
                 text = f'<a href="{html.escape(str(row["_link"]))}">{text}</a>'
-            cells.append(f"<td{'' if numeric else ' class=text'}>{text}</td>")
+            kind = "" if numeric else " class=cycle" if c == "cycle" else " class=text"
+            cells.append(f"<td{kind}>{text}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     more = f"<p class=meta>the newest {max_rows} of {len(frame)} rows</p>" if len(frame) > max_rows else ""
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>{more}"
+    return f"<div class=wide><table><tr>{head}</tr>{''.join(rows)}</table></div>{more}"
 
 
 def _links(section: Section, ui: str) -> str:

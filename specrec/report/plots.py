@@ -105,3 +105,29 @@ def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
     return path
+
+
+def stacked_bars(
+    path: Path, title: str, cycles: list[str], parts: dict[str, pd.Series], ylabel: str
+) -> Path | None:
+    """One bar per cycle split into parts (e.g. seconds per step of the daily cycle); None when empty."""
+    from matplotlib.figure import Figure
+
+    parts = {k: v.reindex(cycles).astype(float).fillna(0.0) for k, v in parts.items() if v.notna().any()}
+    if not parts or not cycles:
+        return None
+    fig = Figure(figsize=(max(6.4, 0.6 * len(cycles) + 3.0), 4.2), layout="constrained")
+    ax = fig.subplots()
+    x, bottom = list(range(len(cycles))), pd.Series(0.0, index=cycles)
+    for label, values in parts.items():
+        ax.bar(x, values.to_numpy(), 0.6, bottom=bottom.to_numpy(), label=label)
+        bottom += values
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel("cycle (as_of, UTC)")
+    step = max(1, math.ceil(len(cycles) / 12))
+    ax.set_xticks(range(0, len(cycles), step))
+    ax.set_xticklabels(cycles[::step], rotation=35, ha="right", fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from specrec.clock import Cycle
-from specrec.report.plots import Panel, curves_plot, cycle_plot
+from specrec.report.plots import Panel, curves_plot, cycle_plot, stacked_bars
 from specrec.report.runs import Runs, alignment, cycle_of, load_runs, run_link
 
 
@@ -397,10 +397,45 @@ def fm(ctx: Context) -> Section:
     return section
 
 
+STEPS = ("ingest", "lora", "codebook", "speculator", "item_repr", "item_stats", "user_state", "precompute")
+
+
+def cycles(ctx: Context) -> Section:
+    """The daily cycle (flow run_cycle): seconds per step and what each step did, per cycle."""
+    runs = load_runs("cycle", tags=tuple(f"step.{s}" for s in STEPS))
+    section = Section(
+        "cycle",
+        "Daily cycles (run_cycle)",
+        "Wall-clock seconds of each step of the flow run_cycle per cycle, stacked: the cycle's events "
+        "admitted, the LoRA adapter, the codebook refresh, the speculator, the bundle's item rows, item "
+        "statistics, user states and the speculative precompute. The table gives what each step did.",
+        {"cycle": runs},
+    )
+    if not len(runs):
+        section.empty = (
+            "no cycle runs yet: run `specrec replay --cycles 3` (every replay cycle runs run_cycle)"
+        )
+        return section
+    found = [k[len("seconds_") :] for k in runs.frame if str(k).startswith("seconds_")]
+    steps = [s for s in STEPS if s in found] + sorted(set(found) - set(STEPS))
+    names = sorted(runs.frame["cycle"].unique())
+    fig = stacked_bars(
+        ctx.png(section.key),
+        "Daily cycle: seconds per step",
+        names,
+        {s: _by_cycle(runs, f"seconds_{s}") for s in steps},
+        "wall-clock seconds",
+    )
+    section.figures = [f for f in [fig] if f]
+    section.table = _table(runs, {"events": "events"} | {f"tags.step.{s}": s for s in STEPS}, ctx)
+    return _checked(section)
+
+
 def build_sections(ctx: Context) -> list[Section]:
     """Every section, in page order."""
     replay = load_runs("replay")
     return [
+        cycles(ctx),
         quality(ctx),
         speculation(ctx, replay),
         latency(ctx, replay),

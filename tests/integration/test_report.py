@@ -169,7 +169,7 @@ def test_report_draws_every_experiment_and_is_logged(proj: Config, tmp_path: Pat
     assert report.runs["materialize"] == len([r for r in _runs(proj, "materialize") if "view" in r.data.tags])
     # sections without runs say what to run instead of failing; nothing is out of line
     assert "no replay runs yet: run `specrec replay --cycles 3`" in page
-    assert "no codebook-refresh runs yet" in page
+    assert "no codebook-refresh runs yet" in page and "no cycle runs yet" in page
     assert "compare view:" not in page
     run = mlflow.get_run(report.run_id)
     assert run.info.experiment_id == experiment_id(proj.root, "report")
@@ -197,9 +197,14 @@ def test_replay_runs_are_drawn_and_runs_out_of_line_are_flagged(proj: Config, tm
     cfg = _use(load_config(copy / "params.yaml"))
     _replay_run(cfg, 1, 4.0)
     _replay_run(cfg, 2, 6.0)
+    cycle = ReplayClock.from_config(cfg.clock).cycle(1)
+    with mlflow.start_run(experiment_id=experiment_id(cfg.root, "cycle"), run_name=cycle.name):
+        mlflow.set_tags({"as_of": cycle.as_of.isoformat(), "step.lora": "promoted adapter v1 (no champion)"})
+        mlflow.log_metrics({"events": 881.0, "seconds_ingest": 0.2, "seconds_lora": 11.3})
     report = build_report(cfg, tmp_path / "report.html")
-    assert "report_latency.png" in {p.name for p in _pngs(report.html)}
+    assert {"report_latency.png", "report_cycle.png"} <= {p.name for p in _pngs(report.html)}
     page = report.html.read_text()
+    assert "promoted adapter v1 (no champion)" in page  # what each step of run_cycle did
     assert "no replay runs yet" not in page and "<td>12</td>" in page  # p95 of cycle 2 in the table
     assert "compare view:" not in page
     # a second run of cycle 2 that lacks a key breaks the compare view: the page says so
