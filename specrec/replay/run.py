@@ -87,7 +87,7 @@ def serve_windows(cfg: Config, windows: list[Window], as_of: pd.Timestamp, bar: 
     sim = SimClock(as_of.timestamp())
     scorer, _ = build_scorer(cfg, now=sim)  # no bundle watcher: the bundle is fixed for the cycle
     client = mlflow.MlflowClient()
-    tally, pairs = Tally(cfg.replay.k), 0
+    tally, pairs = Tally(), 0
     with serve_in_thread(create_app(scorer)) as url, httpx.Client(base_url=url, timeout=10) as http:
         for window in windows:
             if cfg.replay.precompute:

@@ -2,8 +2,8 @@
 
 Requests are the events of a span (the cadence after a cycle's as_of): whole speculation windows are
 sampled with a seed until `replay.requests` events (the last window is cut), then sent in time order,
-one POST /recommend per event (the event's user, k items). An answer is judged against the event's
-item: HR@k and NDCG@k of the served list. Every cycle logs exactly METRIC_KEYS.
+one POST /recommend per event (the event's user, `replay.k` items). An answer is judged against the
+event's item on its first 10 items (HR@10, NDCG@10). Every cycle logs exactly METRIC_KEYS.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ METRIC_KEYS = (
     "latency_p99_ms",
     "cycle_seconds",
 )
+TOP = 10  # hr_at_10 / ndcg_at_10 judge the first 10 served items whatever replay.k asked for
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,6 @@ def sample_windows(
 class Tally:
     """Answers of one cycle, as they come."""
 
-    k: int = 10
     latencies_ms: list[float] = field(default_factory=list)
     errors: int = 0
     degraded: int = 0
@@ -81,7 +81,7 @@ class Tally:
             return
         self.degraded += int(bool(body["degraded"]) or bool(body["cold_start"]))
         self.cold_start += int(bool(body["cold_start"]))
-        served = list(body["items"])[: self.k]
+        served = list(body["items"])[:TOP]
         rank = served.index(item_id) if item_id in served else -1
         self.hits.append(float(rank >= 0))
         self.gains.append(1.0 / math.log2(rank + 2) if rank >= 0 else 0.0)
