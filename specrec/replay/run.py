@@ -153,8 +153,11 @@ def replay_cycle(cfg: Config, params: Path, cycle: Cycle, events: pd.DataFrame, 
 
 def replay(cfg: Config, params: Path, n_cycles: int, rerun: bool = False) -> list[dict[str, Any]]:
     """Replay the first n_cycles cycles; a cycle already replayed is skipped unless `rerun`."""
+    from specrec.nearline.store import apply
+
     cycles = check_cycles(cfg, n_cycles)
     use_project_store(cfg.root)
+    apply(cfg)  # the Feast tables exist before the first cycle writes (idempotent)
     events = read_parquet(cfg.path(cfg.paths.prepared) / "interactions.parquet", "prepared interactions")
     out = []
     with tqdm(cycles, desc="replay cycles", position=0) as outer, tqdm(position=1, leave=False) as bar:

@@ -120,6 +120,7 @@ class Tally:
                 "max": float(lat.max()) if len(lat) else None,
                 **pct,
             },
+            "latencies_ms_raw": [round(x, 3) for x in self.latencies_ms],  # in request order
             "errors": self.errors,
             "degraded_or_cold_start": self.degraded,
             "cold_start": self.cold_start,
