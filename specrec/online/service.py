@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import orjson
 import torch
 from fastapi import FastAPI, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -31,7 +33,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from specrec.online.serving_state import ServingState, score
 
@@ -56,19 +58,38 @@ USER_FEATURES = [
 ]
 
 
+def _whole(value: object) -> object:
+    """JSON Schema's integer: 5.0 is the integer 5; "5" and true stay what they are (and are refused)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# Strict models: "5" is not an id and 1 is not a boolean, as in the OpenAPI schema; unknown fields are
+# refused, not ignored (a misspelt `exclude_seen` would otherwise silently change the answer).
+STRICT = ConfigDict(strict=True, extra="forbid")
+Int = Annotated[int, BeforeValidator(_whole)]
+# No upper bound: an id past int64 is simply unknown (no bound can be checked exactly by clients that
+# compare JSON numbers as doubles, as the fuzzer's validator does). The constraint goes first, so that
+# it appears in the OpenAPI schema.
+Id = Annotated[int, Field(ge=0), BeforeValidator(_whole)]
+
+
 class RecommendRequest(BaseModel):
     """POST /recommend."""
 
-    user_id: int = Field(ge=0, description="The user to recommend for.")
-    k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
+    model_config = STRICT
+
+    user_id: Int = Field(ge=0, description="The user to recommend for.")
+    k: Int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
     exclude_seen: bool = Field(True, description="Leave out the user's recent items.")
 
 
 class ScoreRequest(BaseModel):
     """POST /score."""
 
-    user_id: int = Field(ge=0)
-    item_ids: list[int] = Field(
+    model_config = STRICT
+
+    user_id: Int = Field(ge=0)
+    item_ids: list[Id] = Field(
         min_length=1, max_length=MAX_ITEMS, description="Items to score (at most 1000)."
     )
 
@@ -94,9 +115,32 @@ class ScoreResponse(BaseModel):
     degraded: bool
 
 
+class ErrorResponse(BaseModel):
+    """The answer to a body that cannot be read (not UTF-8, say)."""
+
+    detail: str
+
+
+class ReadyResponse(BaseModel):
+    """The answer of GET /readyz (status 200 when ready, 503 when not)."""
+
+    ready: bool
+    bundle_id: str
+
+
+# Every status an endpoint can answer is in the OpenAPI schema (the fuzz test checks answers against it).
+BAD_BODY: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "The body could not be read (e.g. not UTF-8)."}
+}
+
+
 def _json(body: dict[str, Any]) -> Response:
     """A JSON response serialised by orjson (the answer is built by us; nothing to validate)."""
-    return Response(orjson.dumps(body), media_type="application/json")
+    try:
+        content = orjson.dumps(body)
+    except orjson.JSONEncodeError:  # an unknown id past 64 bits echoed back: the stdlib has no int limit
+        content = json.dumps(body).encode()
+    return Response(content, media_type="application/json")
 
 
 @dataclass
@@ -350,12 +394,12 @@ def create_app(scorer: Scorer, watcher: Any | None = None) -> FastAPI:
         description="Thin online scorer over features materialized by specrec.",
     )
 
-    @app.post("/recommend", response_model=None, responses={200: {"model": RecommendResponse}})
+    @app.post("/recommend", response_model=None, responses={200: {"model": RecommendResponse}, **BAD_BODY})
     async def recommend(req: RecommendRequest) -> Response:
         """Top-k items for a user, seen items excluded by default."""
         return _json(await scorer.recommend(req))
 
-    @app.post("/score", response_model=None, responses={200: {"model": ScoreResponse}})
+    @app.post("/score", response_model=None, responses={200: {"model": ScoreResponse}, **BAD_BODY})
     async def score_items(req: ScoreRequest) -> Response:
         """Scores for given items; unknown items are listed, not errors."""
         return _json(await scorer.score_items(req))
@@ -365,7 +409,7 @@ def create_app(scorer: Scorer, watcher: Any | None = None) -> FastAPI:
         """The process is up."""
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
     async def readyz(response: Response) -> dict[str, Any]:
         """A bundle is loaded and the online store is reachable."""
         probe = asyncio.get_running_loop().run_in_executor(None, scorer.ready)  # not the request pool
@@ -376,7 +420,7 @@ def create_app(scorer: Scorer, watcher: Any | None = None) -> FastAPI:
         response.status_code = 200 if ok else 503
         return {"ready": ok, "bundle_id": scorer.state.bundle.bundle_id}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         """Prometheus metrics."""
         return Response(generate_latest(scorer.metrics.registry), media_type=CONTENT_TYPE_LATEST)
