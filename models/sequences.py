@@ -102,10 +102,17 @@ class Batch:
         return int((self.targets > 0).sum())
 
 
-def make_training_batch(seqs: Sequences, users: np.ndarray, max_len: int) -> Batch:
-    """Window the last max_len+1 events of each user into (input, next-item target) pairs."""
-    windows = [seqs.items[u][-(max_len + 1) :] for u in users]
-    times = [seqs.timestamps[u][-(max_len + 1) :] for u in users]
+def make_training_batch(
+    seqs: Sequences, users: np.ndarray, max_len: int, rng: np.random.Generator | None = None
+) -> Batch:
+    """Window max_len+1 events of each user into (input, next-item target) pairs: the last ones, or,
+    with `rng`, a window ending at a random position (long histories then train on all their events
+    over the epochs instead of only their newest max_len)."""
+    ends = [len(seqs.items[u]) for u in users]
+    if rng is not None:
+        ends = [n if n <= max_len + 1 else int(rng.integers(max_len + 1, n + 1)) for n in ends]
+    windows = [seqs.items[u][max(0, e - max_len - 1) : e] for u, e in zip(users, ends, strict=True)]
+    times = [seqs.timestamps[u][max(0, e - max_len - 1) : e] for u, e in zip(users, ends, strict=True)]
     t = max(len(w) for w in windows) - 1
     return Batch(
         items=torch.from_numpy(pad_left([w[:-1] for w in windows], t)),
@@ -115,9 +122,10 @@ def make_training_batch(seqs: Sequences, users: np.ndarray, max_len: int) -> Bat
 
 
 def training_batches(
-    seqs: Sequences, batch_size: int, max_len: int, rng: np.random.Generator
+    seqs: Sequences, batch_size: int, max_len: int, rng: np.random.Generator, random_windows: bool = False
 ) -> Iterator[Batch]:
-    """Yield shuffled next-item batches, bucketed by length inside random chunks to limit padding."""
+    """Yield shuffled next-item batches, bucketed by length inside random chunks to limit padding;
+    `random_windows`: each long history is cut at a random end (see make_training_batch)."""
     lengths = seqs.lengths()
     order = rng.permutation(np.flatnonzero(lengths >= 2))
     chunk = batch_size * BUCKET_CHUNK_BATCHES
@@ -126,7 +134,7 @@ def training_batches(
         part = part[np.argsort(lengths[part], kind="stable")]
         groups = [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
         for g in rng.permutation(len(groups)):
-            yield make_training_batch(seqs, groups[g], max_len)
+            yield make_training_batch(seqs, groups[g], max_len, rng if random_windows else None)
 
 
 def history_batch(histories: Sequences, users: np.ndarray, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:

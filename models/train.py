@@ -55,6 +55,7 @@ class TrainConfig:
     pair_loss_weight: float = 0.0  # HSTU only: weight of the target-aware pair (M-FALCON) loss
     pair_negatives: int = 4  # HSTU only: other users' targets scored as negatives in the pair loss
     bf16_logits: bool = False  # full_ce: (N, n_items) logits matmul in bfloat16, loss in float32
+    random_windows: bool = False  # histories longer than max_len+1: a random window each epoch
     eval_batch_size: int = 1024
     progress: bool = True  # tqdm bar with loss and tokens/s
 
@@ -216,7 +217,7 @@ def _train_epoch(
     total_loss, tokens, start = 0.0, 0, time.perf_counter()
     n_batches = int(np.ceil((data.lengths() >= 2).sum() / cfg.batch_size))
     bar = tqdm(
-        training_batches(data, cfg.batch_size, max_len, rng),
+        training_batches(data, cfg.batch_size, max_len, rng, cfg.random_windows),
         total=n_batches,
         desc=desc,
         disable=not cfg.progress,
