@@ -14,8 +14,8 @@ touched. Sections (all by default, or `--sections a,b`):
   rerun; the serving alias is polled throughout (it must never point at the incomplete bundle) and every
   item row of the new bundle is read back from the online store afterwards.
 - `soak`: `specrec serve` (embedded profile) at a fixed offered load for `--soak-seconds` (600 by
-  default): errors, resident memory growth of the server process from the end of the first minute to
-  the end, client-side p99 of the first and the last minute.
+  default) after a 10 s warm-up at the same load: errors, resident memory growth of the server process
+  from the end of the first minute to the end, client-side p99 of the first and the last minute.
 - `postgres_restart`: not measured yet (recorded as null with the reason).
 
 The load is open-loop (request i is due at t0 + i / rate; latency counts from the due time, so queueing
@@ -54,6 +54,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RESULTS = ROOT / "benchmarks" / "results" / "reliability.json"
+WARMUP_S = 10.0  # the soak's load before measuring starts (imports, first faiss/torch calls, pools)
 SECTIONS = ("fuzz", "redis_kill", "sigkill_materialize", "soak", "postgres_restart")
 POSTGRES_REASON = (
     "not measured: the PostgreSQL production profile (issue 10, 'Production profile') is not built yet"
@@ -533,9 +534,11 @@ def run_soak(cfg: Any, rate: float, seconds: float, log: Path | None) -> dict[st
             stop.wait(1.0)
 
     sampler = threading.Thread(target=sample, daemon=True)
+    users = known_users(cfg)
     try:
+        asyncio.run(open_loop(scorer.url, users, rate, WARMUP_S))  # first-request costs, not counted
         sampler.start()
-        _, shots = asyncio.run(open_loop(scorer.url, known_users(cfg), rate, seconds))
+        _, shots = asyncio.run(open_loop(scorer.url, users, rate, seconds))
     finally:
         stop.set()
         sampler.join()
@@ -550,6 +553,7 @@ def run_soak(cfg: Any, rate: float, seconds: float, log: Path | None) -> dict[st
         "p99_ms_first_min": p99([s for s in shots if s.due < window]),
         "p99_ms_last_min": p99([s for s in shots if s.due >= seconds - window]),
         "rate_rps": rate,
+        "warmup_s": WARMUP_S,
         "window_s": window,
         "rss_mb_start": round(rss[0][1], 1),
         "rss_mb_after_first_min": round(warm, 1),
