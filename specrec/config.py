@@ -226,9 +226,12 @@ class FMTrainConfig:
     n_inbatch_negatives: int = 512
     pair_loss_weight: float = 0.0
     pair_negatives: int = 4
+    random_windows: bool = False
 
     def __post_init__(self) -> None:
         _require(self.loss in LOSSES, "fm.train.loss", self.loss, f"one of {LOSSES}")
+        ok = isinstance(self.random_windows, bool)
+        _require(ok, "fm.train.random_windows", self.random_windows, "true or false")
         _require(0 < self.lr <= 1, "fm.train.lr", self.lr, "a learning rate in (0, 1]")
         _require(self.weight_decay >= 0, "fm.train.weight_decay", self.weight_decay, "a number >= 0")
         _require(
