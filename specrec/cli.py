@@ -420,10 +420,12 @@ def cycle_run(
     """Run flow run_cycle: events, LoRA, codebook, speculator, bundle, precompute (once per as_of)."""
 
     def run(cfg: Config) -> None:
-        from flows.run_cycle import run_cycle
         from specrec.replay.cycle import resolve_as_of
 
-        out = run_cycle(as_of=resolve_as_of(cfg, as_of), params=str(params.resolve()))
+        when = resolve_as_of(cfg, as_of)  # bad input ends here with one line, before the heavy imports
+        from flows.run_cycle import run_cycle
+
+        out = run_cycle(as_of=when, params=str(params.resolve()))
         again = " (complete before: nothing run)" if out["reused"] else ""
         typer.echo(f"cycle {out['as_of']}: bundle {out['bundle_id']} v{out['bundle_version']}{again}")
         for step, outcome in out["steps"].items():

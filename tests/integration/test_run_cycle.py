@@ -100,3 +100,19 @@ def test_cycle_runs_every_step_once_per_as_of(project: Config, harness: None) ->
     assert _versions(client) == versions
     assert _runs(cfg) == runs  # the new cycle run replaces the deleted one; nothing else was logged
     assert bundles.serving(client).bundle_id == first["bundle_id"]  # type: ignore[union-attr]
+
+
+def test_cli_refuses_bad_as_of_in_one_line(root: Path) -> None:
+    import subprocess
+    import sys
+
+    for value, expected in (("soon", "as_of = 'soon'"), ("12", "cycle 12 does not exist")):
+        proc = subprocess.run(
+            [str(Path(sys.executable).parent / "specrec"), "cycle", "run", "--as-of", value],
+            capture_output=True,
+            text=True,
+            cwd=root,
+            timeout=120,
+        )
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert expected in proc.stderr
