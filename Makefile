@@ -9,6 +9,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3.11
+DEMO_REQUESTS ?= 50
+MAKE_START := $(shell date +%s)
 VENV := .venv
 BIN := $(VENV)/bin
 REQS := requirements/constraints.txt requirements/base.txt requirements/dev.txt pyproject.toml
@@ -56,39 +58,30 @@ system-deps: ## install Debian packages the tests need (redis-server) when missi
 		else echo "warning:$$missing not installed and not root: tests that need it fail in CI, skip locally"; fi; \
 	fi
 
-demo: $(STAMP) ## run the platform end to end on the shipped dataset
-	@echo "== data and model pipeline: dvc repro (ingest -> prepare -> split -> train_fm -> evaluate_fm; item_text_embed -> codebook) =="
-	dvc repro
+# A demo step: print its title, run it, and on failure stop with the step's name.
+define step
+	@echo; echo "== $(1) =="
+	@$(2) || { echo; echo "make demo: step '$(1)' failed (its output is above); fix it and run make demo again"; exit 1; }
+endef
+
+demo: $(STAMP) ## run the platform end to end on the shipped dataset (about 15 minutes on 2 cores)
+	@echo "make demo: started $$(date -u -d @$(MAKE_START) +%H:%M:%S) UTC (set-up included)"
+	$(call step,1/7 data and model pipeline: dvc repro (ingest -> prepare -> split -> train_fm -> evaluate_fm; item_text_embed -> codebook),dvc repro)
+	@echo "  data/ingested/ canonical events (data/quarantine/: rejected rows with a reason); data/prepared/ id maps"
+	@echo "  and sequences; data/split/ history / replay / leave-one-out; data/models/fm/ the FM (specrec-fm@champion);"
+	@echo "  data/models/codebook/ the RQ-VAE (specrec-codebook@champion); data/metrics/ stage metrics"
+	$(call step,2/7 stage metrics (dvc metrics show) and the replay clock,dvc metrics show && specrec clock show)
+	$(call step,3/7 thin scorer distilled from the FM at the first cycle (Prefect flow train_scorer),specrec scorer train --as-of first)
+	$(call step,4/7 Feast apply (online store data/feast/online_store.db),specrec nearline apply)
+	$(call step,5/7 replay: run_cycle for cycles 1-2 (LoRA -> codebook -> speculator -> bundle -> item stats -> user state -> precompute) and each next cadence's events as requests to the real scorer,specrec replay --cycles 2 --requests $(DEMO_REQUESTS))
+	$(call step,6/7 the online scorer on loopback: real HTTP requests against the serving bundle,specrec serve-check --requests 50)
+	$(call step,7/7 report: HTML with plots from the MLflow store,specrec report)
 	@echo
-	@echo "== outputs =="
-	@echo "  data/ingested/     canonical interactions and items (parquet)"
-	@echo "  data/quarantine/   rows that failed validation, with a reason column"
-	@echo "  data/prepared/     id maps, item/user tables, per-user sequences"
-	@echo "  data/split/        history / replay (per cycle) / leave-one-out"
-	@echo "  data/models/fm/    the trained FM (safetensors, config, id map); MLflow: specrec-fm@champion"
-	@echo "  data/item_text/    MiniLM content embeddings; data/models/codebook/: the RQ-VAE semantic-ID codebook (specrec-codebook@champion)"
-	@echo "  data/metrics/      stage metrics (dvc metrics show), per-epoch curve (dvc plots show)"
-	@echo "  mlflow/mlflow.db   MLflow runs and registry: make mlflow-ui, then http://127.0.0.1:5000"
-	dvc metrics show
-	@echo
-	specrec clock show
-	@echo
-	@echo "== thin scorer: distil it from the FM at the first cycle (Prefect flow train_scorer) =="
-	specrec scorer train --as-of first
-	@echo
-	@echo "== nearline: Feast apply, then the Prefect flows for the first cycle (the bundle includes the scorer) =="
-	specrec nearline apply
-	specrec nearline run --as-of first
-	@echo "  Feast online store: data/feast/online_store.db (feature views item_repr, item_stats, user_state)"
-	@echo "  serving bundle: MLflow alias specrec-bundle@serving; runs in MLflow experiment 'materialize'"
-	@echo
-	@echo "== online scorer: a real HTTP server on loopback, real requests (serve it yourself: specrec serve) =="
-	specrec serve-check --requests 50
-	@echo
-	@echo "== daily LoRA adapter for the first cycle (Prefect flow daily_lora_finetune: train, holdout gate, ADWIN) =="
-	specrec lora run --as-of first
-	@echo "  MLflow: experiment 'lora-finetune' (run named by as_of), registered model specrec-fm-adapter@champion"
-	@echo "  drift state: data/lora/drift.json; roll the adapter back with: specrec model rollback"
+	@echo "make demo: done in $$(( $$(date +%s) - $(MAKE_START) )) s. Where to look:"
+	@echo "  report       the HTML path printed above (also in MLflow experiment 'report')"
+	@echo "  MLflow UI    make mlflow-ui, then http://127.0.0.1:5000 (experiments fm-train, lora-finetune, replay, ...)"
+	@echo "  Prefect UI   make flows, then http://127.0.0.1:4200 (every flow as a scheduled deployment)"
+	@echo "  serve        specrec serve (http://127.0.0.1:8000/docs)"
 
 test: $(STAMP) system-deps ## lint, then run the whole test suite
 	$(BIN)/ruff check specrec models flows benchmarks tests
