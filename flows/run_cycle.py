@@ -9,7 +9,8 @@
    update_item_stats and update_user_state: the subflows `specrec nearline run --as-of` runs
 6. speculative_precompute -> the first window after as_of, for the serving bundle
 
-Each step is a subflow with retries (its tasks retry transient errors themselves). Idempotent per as_of:
+Each step is a subflow, run again once after a failure that is not a SpecrecError (its tasks retry
+transient errors themselves), with the MLflow check repeated first. Idempotent per as_of:
 a step whose finished MLflow run tagged with the as_of exists is not run again (no second registered
 version), the nearline steps are idempotent by construction (same parts -> same bundle, a write already
 done is a no-op, one MLflow run per write), and a complete cycle returns what its `cycle` run recorded.
@@ -20,9 +21,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
-from prefect import Flow, flow, get_run_logger, task
+from prefect import flow, get_run_logger, task
 
 from flows.codebook_refresh import codebook_refresh
 from flows.common import retry_unless_user_error, setup
@@ -33,15 +34,12 @@ from flows.speculative_precompute import speculative_precompute
 from flows.update_item_stats import update_item_stats
 from flows.update_user_state import update_user_state
 from specrec.clock import to_utc
+from specrec.errors import SpecrecError
 
-RETRIES, RETRY_DELAY_S = 1, 10  # per subflow; their own tasks already retry transient errors
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _retrying(subflow: Flow[P, R]) -> Flow[P, R]:
-    """The subflow with the cycle's retries."""
-    return subflow.with_options(retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S)
+# A failed step's subflow is run again (a new subflow run) after the delay, once the MLflow check has
+# been repeated: a Prefect flow-level retry would rerun a step that registered its version before failing
+# (e.g. adapter registered, drift check failed) and register a second one. Tasks inside retry on their own.
+RETRIES, RETRY_DELAY_S = 1, 10
 
 
 @task(retries=3, retry_delay_seconds=[2, 5, 15], retry_condition_fn=retry_unless_user_error)
@@ -105,13 +103,28 @@ class _Steps:
         say: Callable[[dict[str, Any]], str],
         once_in: tuple[str, dict[str, str]] | None = None,
     ) -> dict[str, Any] | None:
-        """Run `call` unless `once_in` = (experiment, tags) names a finished run of this as_of."""
-        start = time.perf_counter()
-        done = done_before(self.params, once_in[0], self.as_of, once_in[1]) if once_in else None
-        out = None if done else call()
-        self.outcome[name] = f"done before (run {done})" if done else say(out or {})
+        """Run `call` unless `once_in` = (experiment, tags) names a finished run of this as_of; retried."""
+        start, logger = time.perf_counter(), get_run_logger()
+        for attempt in range(RETRIES + 1):
+            done = done_before(self.params, once_in[0], self.as_of, once_in[1]) if once_in else None
+            if done:
+                out, self.outcome[name] = None, f"done before (run {done})"
+                break
+            try:
+                out = call()
+            except SpecrecError:
+                raise  # bad input or configuration: another attempt would fail the same way
+            except Exception as exc:  # noqa: BLE001 - anything else may be transient
+                if attempt == RETRIES:
+                    raise
+                wait = RETRY_DELAY_S
+                logger.warning("cycle %s, %s failed (%s); again in %s s", self.as_of, name, exc, wait)
+                time.sleep(wait)
+                continue
+            self.outcome[name] = say(out)
+            break
         self.seconds[name] = time.perf_counter() - start
-        get_run_logger().info("cycle %s, %s: %s", self.as_of, name, self.outcome[name])
+        logger.info("cycle %s, %s: %s", self.as_of, name, self.outcome[name])
         return out
 
 
@@ -133,14 +146,14 @@ def run_cycle(as_of: str, params: str = "params.yaml") -> dict[str, Any]:
     assert ingest is not None
     steps.run(
         "lora",
-        lambda: _retrying(daily_lora_finetune)(as_of=when, params=p),
+        lambda: daily_lora_finetune(as_of=when, params=p),
         lambda r: f"{r['cycle']['status']} adapter v{r['cycle']['adapter_version']} ({r['cycle']['reason']})",
         ("lora-finetune", {}),
     )
     if has_codebook(p):
         steps.run(
             "codebook",
-            lambda: _retrying(codebook_refresh)(as_of=when, params=p, write_feast=False),
+            lambda: codebook_refresh(as_of=when, params=p, write_feast=False),
             lambda r: f"v{r['version']}, {r['new_items']} new items coded, retrained {r['retrained']}",
             ("codebook-refresh", {"stage": "refresh"}),
         )
@@ -148,29 +161,29 @@ def run_cycle(as_of: str, params: str = "params.yaml") -> dict[str, Any]:
         steps.outcome["codebook"] = "skipped: no specrec-codebook@champion (`dvc repro codebook`)"
     steps.run(
         "speculator",
-        lambda: _retrying(retrain_speculator)(as_of=when, params=p),
+        lambda: retrain_speculator(as_of=when, params=p),
         lambda r: f"v{r['version']} promoted={r['promoted']} coverage {r['coverage']:.3f}",
         ("speculation", {"kind": "retrain"}),
     )
     items = steps.run(
         "item_repr",
-        lambda: _retrying(materialize_item_embeddings)(as_of=when, params=p),
+        lambda: materialize_item_embeddings(as_of=when, params=p),
         lambda r: f"bundle {r['bundle_id']} v{r['bundle_version']}: {r['rows_written']} rows ({r['mode']})",
     )
     assert items is not None
     steps.run(
         "item_stats",
-        lambda: _retrying(update_item_stats)(as_of=when, params=p),
+        lambda: update_item_stats(as_of=when, params=p),
         lambda r: f"{int(r['rows_written'])} rows",
     )
     steps.run(
         "user_state",
-        lambda: _retrying(update_user_state)(as_of=when, params=p),
+        lambda: update_user_state(as_of=when, params=p),
         lambda r: f"{r['rows_written']} rows ({r['mode']}, bundle {r['bundle_id']})",
     )
     steps.run(
         "precompute",
-        lambda: _retrying(speculative_precompute)(as_of=when, params=p),
+        lambda: speculative_precompute(as_of=when, params=p),
         lambda r: str(r["message"]),
         ("speculation", {"kind": "precompute"}),
     )

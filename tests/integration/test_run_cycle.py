@@ -116,3 +116,45 @@ def test_cli_refuses_bad_as_of_in_one_line(root: Path) -> None:
         )
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert expected in proc.stderr
+
+
+def test_a_failed_step_is_run_again_unless_its_run_is_in_mlflow(
+    project: Config, harness: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect import flow
+
+    import flows.run_cycle as module
+    from specrec.errors import SpecrecError
+
+    monkeypatch.setattr(module, "RETRY_DELAY_S", 0)
+    cfg, as_of = project, resolve_as_of(project, "9")  # no other test runs cycle 9
+    calls: list[str] = []
+
+    def flaky() -> dict[str, int]:
+        calls.append("flaky")
+        if len(calls) == 1:
+            raise RuntimeError("online store went away")
+        return {"n": 7}
+
+    def registers_then_fails() -> dict[str, int]:
+        calls.append("registers")
+        with mlflow.start_run(experiment_id=experiment_id(cfg.root, "lora-finetune"), run_name="probe"):
+            mlflow.set_tag("as_of", as_of)
+        raise RuntimeError("drift check failed after the adapter was registered")
+
+    def bad_input() -> dict[str, int]:
+        calls.append("bad")
+        raise SpecrecError("bad configuration")
+
+    @flow
+    def probe() -> dict[str, str]:
+        steps = module._Steps(str(cfg.root / "params.yaml"), as_of)
+        steps.run("flaky", flaky, lambda r: f"n={r['n']}")
+        steps.run("lora", registers_then_fails, str, ("lora-finetune", {}))
+        with pytest.raises(SpecrecError):
+            steps.run("bad", bad_input, str)
+        return steps.outcome
+
+    outcome = probe()
+    assert outcome["flaky"] == "n=7" and outcome["lora"].startswith("done before (run ")
+    assert calls == ["flaky", "flaky", "registers", "bad"]  # the registered step and bad input: once
