@@ -74,13 +74,15 @@ class NumpyScorer:
 
     def __init__(self, model: ThinScorer) -> None:
         d = model.config.dim
-        w1 = model.mlp[0].weight.detach().numpy().astype(np.float32)  # (H, 2D+3+F)
+        first, last = model.mlp[0], model.mlp[3]
+        assert isinstance(first, nn.Linear) and isinstance(last, nn.Linear)
+        w1 = first.weight.detach().numpy().astype(np.float32)  # (H, 2D+3+F)
         self.w_ue = np.ascontiguousarray(w1[:, :d].T)  # (D, H)
         self.w_pe = np.ascontiguousarray(w1[:, d : 2 * d].T)  # (D, H)
         self.w_rest = np.ascontiguousarray(w1[:, 2 * d :].T)  # (3+F, H): ue.sum, pe.sum, hit, stats
-        self.b1 = model.mlp[0].bias.detach().numpy().astype(np.float32)  # (H,)
-        self.w2 = model.mlp[3].weight.detach().numpy().astype(np.float32)[0]  # (H,)
-        self.b2 = float(model.mlp[3].bias.detach()[0])
+        self.b1 = first.bias.detach().numpy().astype(np.float32)  # (H,)
+        self.w2 = last.weight.detach().numpy().astype(np.float32)[0]  # (H,)
+        self.b2 = float(last.bias.detach()[0])
         self.miss = model.miss.detach().numpy().astype(np.float32)  # (D,)
 
     def __call__(
