@@ -10,6 +10,7 @@ registered version (none yet, or a placeholder) are served without codes, as bef
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -79,34 +80,41 @@ def bundle_codes(client: MlflowClient, codebook_version: str, n_items: int) -> B
 
 
 def attach(
-    client: MlflowClient, model: RecModel, fm_version: str, codes: BundleCodes, items: pd.DataFrame
+    client: MlflowClient,
+    model: RecModel,
+    fm_version: str,
+    codes: BundleCodes,
+    items: pd.DataFrame,
+    also_trained: Sequence[int] = (),
 ) -> RecModel:
-    """The FM with code embeddings: items first seen at or after its cutoff embed by their codes."""
+    """The FM with code embeddings: items first seen at or after its cutoff embed by their codes, except
+    `also_trained` (item_idx whose rows an adapter learned), which keep their embedding like trained items."""
     cutoff = fm_cutoff(client, fm_version)
     n_rows = model.config.n_items + 1
     trained = np.zeros(n_rows, dtype=bool)
     known = items[items["first_seen"].notna()]
     if cutoff is not None:
         known = known[known["first_seen"] < cutoff]
-    idx = known["item_idx"].to_numpy(np.int64)
+    idx = np.concatenate([known["item_idx"].to_numpy(np.int64), np.asarray(also_trained, np.int64)])
     trained[idx[idx < n_rows]] = True
     return with_code_embeddings(model, codes.sids[:, : codes.levels], trained, codes.codebook_size)
 
 
 def bundle_model(
-    cfg: Config, client: MlflowClient, model: RecModel, fm_version: str, codebook_version: str
+    cfg: Config,
+    client: MlflowClient,
+    model: RecModel,
+    fm_version: str,
+    codebook_version: str,
+    also_trained: Sequence[int] = (),
 ) -> tuple[RecModel, BundleCodes | None]:
-    """The bundle's FM (with code embeddings when it has a codebook) and its semantic IDs."""
+    """The bundle's FM (with code embeddings when it has a codebook) and its semantic IDs.
+
+    `also_trained`: item rows an adapter merged into `model` learned (they keep their embedding). The
+    whole bundle FM, adapter included, is specrec.nearline.bundle_fm.bundle_fm.
+    """
     codes = bundle_codes(client, codebook_version, model.config.n_items)
     if codes is None:
         return model, None
     items = read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet", "prepared items")
-    return attach(client, model, fm_version, codes, items), codes
-
-
-def load_bundle_fm(cfg: Config, fm_version: str, codebook_version: str) -> RecModel:
-    """The registered FM of a bundle, with its codebook's code embeddings when it has one."""
-    from specrec.nearline.materialize import load_fm
-
-    client = MlflowClient()
-    return bundle_model(cfg, client, load_fm(fm_version), fm_version, codebook_version)[0]
+    return attach(client, model, fm_version, codes, items, also_trained), codes

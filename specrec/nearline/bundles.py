@@ -47,12 +47,18 @@ class Bundle:
 
 
 def champion_parts(client: MlflowClient) -> dict[str, str]:
-    """The champion version of every part that has one."""
+    """The champion version of every part that has one; no adapter when the champion adapter adapts
+    another FM version (after a retrained base is promoted, until an adapter is trained on it)."""
     parts = {key: alias_version(client, name, CHAMPION) or "" for key, name in PARTS.items()}
     if not parts["fm"]:
         raise SpecrecError(
             "no specrec-fm@champion in the MLflow registry: train the FM first (`dvc repro train_fm`)."
         )
+    if parts["adapter"]:
+        own = client.get_model_version(PARTS["adapter"], parts["adapter"]).tags.get("base_version", "")
+        if own != parts["fm"]:
+            log.info("adapter v%s adapts FM v%s, not v%s: left out", parts["adapter"], own, parts["fm"])
+            parts["adapter"] = ""
     return parts
 
 
