@@ -51,7 +51,7 @@ def write_items(params: str, as_of: str, bundle: dict[str, Any]) -> dict[str, An
 
     def user_states(b: bundles.Bundle) -> None:
         """A new bundle's user states are written before it can serve (the scorer needs both)."""
-        update_user_state(cfg, as_of, b, store)
+        update_user_state(cfg, as_of, b, store, client)
 
     result = materialize_items(
         cfg,

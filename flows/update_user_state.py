@@ -28,7 +28,7 @@ def write_user_state(params: str, as_of: str, bundle: str) -> dict[str, Any]:
             f"no bundle {bundle!r}: materialize items first (materialize_item_embeddings), "
             "which registers the bundle and makes it serving once complete."
         )
-    metrics = encode_and_write(cfg, as_of, target, open_store(cfg))
+    metrics = encode_and_write(cfg, as_of, target, open_store(cfg), client)
     numbers = {k: float(v) for k, v in metrics.items() if k != "mode"}
     log_run(
         cfg,

@@ -21,11 +21,12 @@ import torch
 from tqdm import tqdm
 
 from specrec.clock import to_utc
-from specrec.codebook.serving import BundleCodes, bundle_model
+from specrec.codebook.serving import BundleCodes
 from specrec.config import Config
 from specrec.errors import SpecrecError
 from specrec.io import read_parquet, write_parquet
 from specrec.nearline import bundles
+from specrec.nearline.bundle_fm import bundle_fm
 from specrec.nearline.store import offline_dir
 
 if TYPE_CHECKING:
@@ -71,6 +72,13 @@ def load_fm(version: str) -> RecModel:
             "Check MLFLOW_TRACKING_URI, or retrain with `dvc repro train_fm`."
         ) from None
     return model.eval()
+
+
+def history_file(when: pd.Timestamp, part: int | None = None) -> str:
+    """The parquet history file of one write at `when`, named by the full timestamp (to the second), so
+    several writes on the same day keep their own files; a rerun at the same as_of rewrites its own."""
+    stem = f"as_of={when.strftime('%Y-%m-%dT%H%M%S')}"
+    return f"{stem}.parquet" if part is None else f"{stem}-part{part:05d}.parquet"
 
 
 def known_items(items: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -191,8 +199,8 @@ def materialize_items(
     mode, todo = _todo(client, bundle, known, when)
     start, written = time.perf_counter(), 0
     if len(todo):
-        codebook = bundle.parts.get("codebook", "")
-        model, codes = bundle_model(cfg, client, load_fm(bundle.fm_version), bundle.fm_version, codebook)
+        fm = bundle_fm(cfg, client, bundle)  # base + adapter + code embeddings, as every writer sees it
+        model, codes = fm.model, fm.codes
         dim = int(model.item_embeddings().shape[1])
         check_table(model, todo)  # every item checked before the first row is written
         folder = offline_dir(store, VIEW) / f"bundle={bundle.bundle_id}"
@@ -202,9 +210,7 @@ def materialize_items(
             tqdm(batches, total=n_batches, desc=f"item_repr {bundle.bundle_id}", disable=not progress)
         ):
             check_rows(frame, dim)
-            write_batch(
-                store, frame, folder / f"as_of={when.date()}-part{k:05d}.parquet", cfg.feast.write_batch_rows
-            )
+            write_batch(store, frame, folder / history_file(when, k), cfg.feast.write_batch_rows)
             written += len(frame)
     if mode != "noop":
         bundles.tag(

@@ -1,4 +1,7 @@
-"""`user_state`: the serving bundle's FM user state for users with new events, encoded incrementally.
+"""`user_state`: the bundle's FM user state for users with new events, encoded incrementally.
+
+The FM is the bundle's own (base with its adapter merged in, code embeddings: specrec.nearline.bundle_fm),
+the same model its item_repr rows come from.
 
 Each bundle keeps a key/value cache per user (paths.kv_cache/<bundle_id>.pt). A returning user's new
 events are appended with `HSTU.extend` at O(new x history) cost instead of a full re-encode; a user
@@ -19,13 +22,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mlflow import MlflowClient
 from models.hstu import HSTU
 from specrec.clock import EventLog, to_utc
-from specrec.codebook.serving import load_bundle_fm
 from specrec.config import Config
 from specrec.io import read_parquet
 from specrec.nearline import bundles
-from specrec.nearline.materialize import write_batch
+from specrec.nearline.bundle_fm import bundle_fm
+from specrec.nearline.materialize import history_file, write_batch
 from specrec.nearline.store import offline_dir
 
 if TYPE_CHECKING:
@@ -139,9 +143,13 @@ def _histories(known: pd.DataFrame) -> dict[int, tuple[np.ndarray, np.ndarray, n
 
 
 def update_user_state(
-    cfg: Config, as_of: object, bundle: bundles.Bundle, store: FeatureStore
+    cfg: Config,
+    as_of: object,
+    bundle: bundles.Bundle,
+    store: FeatureStore,
+    client: MlflowClient | None = None,
 ) -> dict[str, Any]:
-    """Encode users with new events under `bundle` and write their user_state rows at as_of."""
+    """Encode users with new events under `bundle` (its adapted FM) and write their rows at as_of."""
     when, start = to_utc(as_of), time.perf_counter()
     events = read_parquet(cfg.path(cfg.paths.prepared) / "interactions.parquet", "prepared interactions")
     histories = _histories(EventLog(events).known_at(when))
@@ -149,7 +157,7 @@ def update_user_state(
     caches = _load(cache_path)
     mode = "incremental" if caches else "complete"
     todo = [u for u, (items, _, _) in histories.items() if u not in caches or caches[u].n_events < len(items)]
-    model = load_bundle_fm(cfg, bundle.fm_version, bundle.parts.get("codebook", "")) if todo else None
+    model = bundle_fm(cfg, client or MlflowClient(), bundle).model if todo else None
     extend = [u for u in todo if _can_extend(model, caches.get(u), len(histories[u][0]))]  # type: ignore[arg-type]
     full = [u for u in todo if u not in set(extend)]
     for user in extend:
@@ -173,7 +181,7 @@ def update_user_state(
     if rows:
         frame = pd.DataFrame(rows)
         folder = offline_dir(store, VIEW) / f"bundle={bundle.bundle_id}"
-        write_batch(store, frame, folder / f"as_of={when.date()}.parquet", cfg.feast.write_batch_rows, VIEW)
+        write_batch(store, frame, folder / history_file(when), cfg.feast.write_batch_rows, VIEW)
         _save(caches, cache_path)  # after the write: a crash before it re-encodes those users next time
     seconds = time.perf_counter() - start
     log.info(

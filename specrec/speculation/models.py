@@ -24,7 +24,11 @@ def serving_versions(client: MlflowClient) -> dict[str, str]:
 
 def load_hstu(version: str) -> HSTU:
     """The registered FM version as an HSTU (speculation needs its pair representations)."""
-    fm = load_fm(version)
+    return as_hstu(load_fm(version), version)
+
+
+def as_hstu(fm: object, version: str) -> HSTU:
+    """`fm` (of specrec-fm `version`) when it is an HSTU; a clear error otherwise."""
     if not isinstance(fm, HSTU):
         raise SpecrecError(
             f"specrec-fm v{version} is a {type(fm).__name__}; speculation precomputes the FM's pair "

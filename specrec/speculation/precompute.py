@@ -5,7 +5,9 @@ At the window start `as_of` (only events before it are read): score the candidat
 fill the budget (max FM pair evaluations per window) greedily by P(served), run the serving bundle's FM
 pair representation in batches (a failing batch is retried; if it keeps failing nothing is written), and
 write one `speculative` row per (user, bundle): item_ids, pair_repr (row-major n x D), pair_score and
-expires_at = as_of + ttl. A window with no predicted users writes nothing and says so.
+expires_at = as_of + ttl. A window with no predicted users writes nothing and says so. The FM is the
+bundle's own (base with its adapter merged in: specrec.nearline.bundle_fm), the model of its item_repr
+and user_state rows, loaded once per process and bundle.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from specrec.config import Config, parse_duration
 from specrec.errors import SpecrecError
 from specrec.io import read_parquet, write_parquet
 from specrec.nearline import bundles
+from specrec.nearline.bundle_fm import bundle_fm
+from specrec.nearline.materialize import history_file
 from specrec.nearline.store import offline_dir
 from specrec.speculation import replay
-from specrec.speculation.models import load_hstu
+from specrec.speculation.models import as_hstu
 from specrec.speculation.pairs import PairFn, pair_batches
 
 if TYPE_CHECKING:
@@ -119,7 +123,7 @@ def precompute_window(
             "no specrec-bundle@serving: materialize a bundle first (materialize_item_embeddings)."
         )
     predictor = load_champion(client)
-    fm = load_hstu(bundle.fm_version)
+    fm = as_hstu(bundle_fm(cfg, client, bundle).model, bundle.fm_version)  # what its other rows come from
     events = read_parquet(cfg.path(cfg.paths.prepared) / "interactions.parquet", "prepared interactions")
     items = read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet", "prepared items")
     known = items[items["first_seen"] < when]
@@ -186,7 +190,7 @@ def write_rows(
     from specrec.nearline.online_writer import write_online
 
     folder = offline_dir(store, VIEW) / f"bundle={bundle_id}"
-    write_parquet(frame, folder / f"as_of={when.strftime('%Y-%m-%dT%H%M%S')}.parquet")
+    write_parquet(frame, folder / history_file(when))
     write_online(
         store,
         VIEW,
