@@ -9,14 +9,19 @@ touched. Sections (all by default, or `--sections a,b`):
   code, content type, headers, body; negative input must be refused, valid input accepted).
 - `redis_kill`: the scorer on the production profile (Redis online store, AOF persistence) under an
   open-loop load; `kill -9` of redis-server midway, restarted after `--redis-down-s`; counts errors and
-  degraded answers and the time from Redis answering again to the first non-degraded answer.
+  degraded answers and the time from Redis answering again (and from the restart command) to the first
+  non-degraded answer.
 - `sigkill_materialize`: `specrec nearline items` for a new bundle, SIGKILLed after a few batches, then
   rerun; the serving alias is polled throughout (it must never point at the incomplete bundle) and every
   item row of the new bundle is read back from the online store afterwards.
 - `soak`: `specrec serve` (embedded profile) at a fixed offered load for `--soak-seconds` (600 by
   default) after a 10 s warm-up at the same load: errors, resident memory growth of the server process
   from the end of the first minute to the end, client-side p99 of the first and the last minute.
-- `postgres_restart`: not measured yet (recorded as null with the reason).
+- `postgres_restart`: a second tiny project whose MLflow store is a PostgreSQL of our own (Debian's
+  postgresql, a cluster in a temp folder on a free port); the Prefect flow `materialize_item_embeddings`
+  runs while PostgreSQL is stopped (from the flow's first written batch until 4 s after its last) and
+  started again; the flow's final state and the retries Prefect logged. A section that cannot run (no
+  PostgreSQL installed, say) is recorded as null with a `<section>_reason`.
 
 The load is open-loop (request i is due at t0 + i / rate; latency counts from the due time, so queueing
 in the client is charged, no coordinated omission); a request unanswered within `--timeout` or answered
@@ -56,9 +61,6 @@ BIN = Path(sys.executable).parent
 RESULTS = ROOT / "benchmarks" / "results" / "reliability.json"
 WARMUP_S = 10.0  # the soak's load before measuring starts (imports, first faiss/torch calls, pools)
 SECTIONS = ("fuzz", "redis_kill", "sigkill_materialize", "soak", "postgres_restart")
-POSTGRES_REASON = (
-    "not measured: the PostgreSQL production profile (issue 10, 'Production profile') is not built yet"
-)
 ENV = {
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -282,6 +284,46 @@ class Redis:
             self.proc = None
 
 
+class Postgres:
+    """A PostgreSQL cluster of our own (Debian's binaries) in a temp folder on a free loopback port, run as
+    the `postgres` user when we are root (the server refuses to run as root)."""
+
+    def __init__(self) -> None:
+        versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+        if not versions:
+            raise SystemExit("PostgreSQL not found: install postgresql (`apt-get install postgresql`).")
+        self.bin, self.port = versions[-1].parent, free_port()
+        self.folder = Path(tempfile.mkdtemp(prefix="specrec-pg-"))
+        if os.getuid() == 0:
+            shutil.chown(self.folder, "postgres")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://specrec@127.0.0.1:{self.port}/mlflow"
+
+    def _run(self, tool: str, *args: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.getuid() == 0 else []
+        subprocess.run([*prefix, str(self.bin / tool), *args], check=True, capture_output=True)
+
+    def create(self) -> None:
+        self._run("initdb", "-D", str(self.folder / "data"), "-U", "specrec", "--auth=trust")
+        self.start()
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "specrec", "mlflow")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
+        data, log = str(self.folder / "data"), str(self.folder / "server.log")
+        self._run("pg_ctl", "-D", data, "-o", options, "-l", log, "-w", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.folder / "data"), "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 # ------------------------------------------------------------------------------------------ load
 
 
@@ -413,6 +455,7 @@ def run_redis_kill(cfg: Any, rate: float, seconds: float, kill_at: float, down_s
         server.kill9()
         marks["killed"] = time.monotonic()
         time.sleep(down_s)
+        marks["restart"] = time.monotonic()
         server.start()  # same port and folder: the AOF brings the rows back
         marks["back"] = time.monotonic()
 
@@ -432,6 +475,7 @@ def run_redis_kill(cfg: Any, rate: float, seconds: float, kill_at: float, down_s
         "errors": sum(not s.ok for s in shots),
         "degraded": sum(s.degraded for s in shots),
         "recovery_s": None if recovered is None else round(recovered - back, 3),
+        "recovery_from_restart_s": None if recovered is None else round(recovered - marks["restart"] + t0, 3),
         "rate_rps": rate,
         "seconds": seconds,
         "redis_down_s": round(marks["back"] - marks["killed"], 3),
@@ -563,6 +607,70 @@ def run_soak(cfg: Any, rate: float, seconds: float, log: Path | None) -> dict[st
     }
 
 
+FLOW = """
+import json, sys
+from flows.materialize_item_embeddings import materialize_item_embeddings
+state = materialize_item_embeddings(as_of=sys.argv[1], params=sys.argv[2], return_state=True)
+print(json.dumps({"flow_state": state.type.value, "message": state.message}))
+"""
+
+
+def run_postgres_restart(pg_down_after_s: float = 4.0, batch_rows: int = 300) -> dict[str, Any]:
+    """MLflow on PostgreSQL; the Prefect flow materialize_item_embeddings runs while PostgreSQL is stopped
+    (from its first written batch until `pg_down_after_s` after its last) and started again."""
+    import pandas as pd
+
+    import mlflow
+    from specrec.nearline import bundles
+
+    pg = Postgres()
+    here, uri = Path.cwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    folder = Path(tempfile.mkdtemp(prefix="specrec-reliability-pg-"))
+    try:
+        pg.create()
+        os.environ["MLFLOW_TRACKING_URI"] = pg.url
+        os.chdir(folder)  # MLflow's default artifact root (./mlruns) is relative to the cwd
+        cfg = build_project(folder)
+        _, params = with_profile(cfg, cfg.feast.profile, batch_rows)
+        bundle = bundles.Bundle(bundles.champion_parts(mlflow.MlflowClient()))
+        items = pd.read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet")
+        n_parts = -(-int((items["first_seen"] < as_of_first(cfg)).sum()) // batch_rows)
+        from specrec.nearline.store import apply, offline_dir
+
+        parts = offline_dir(apply(cfg), "item_repr") / f"bundle={bundle.bundle_id}"
+        env = os.environ | {"PREFECT_HOME": str(folder / "prefect"), "PYTHONPATH": str(ROOT)}
+        cmd = [sys.executable, "-c", FLOW, str(as_of_first(cfg)), str(params)]
+        proc = subprocess.Popen(cmd, env=env, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        count = lambda: len(list(parts.glob("*.parquet")))  # noqa: E731
+        wait_until(lambda: count() > 0 or proc.poll() is not None, 300, "the flow's first batch")
+        pg.stop()
+        stopped = time.monotonic()
+        wait_until(lambda: count() >= n_parts or proc.poll() is not None, 300, "the flow's last batch")
+        time.sleep(pg_down_after_s)
+        pg.start()
+        down = time.monotonic() - stopped
+        out, err = proc.communicate(timeout=600)
+        result = json.loads(out.decode().strip().splitlines()[-1]) if proc.returncode == 0 else {}
+        retries = [line for line in err.decode().splitlines() if "Retry " in line]  # Prefect logs each one
+        served = bundles.serving(mlflow.MlflowClient())
+        return {
+            "flow_state": result.get("flow_state", f"process exit {proc.returncode}"),
+            "pg_down_s": round(down, 2),
+            "task_retries_logged": len(retries),
+            "retry_log": [line[-220:] for line in retries[:4]],
+            "serving_bundle_is_new": served is not None and served.bundle_id == bundle.bundle_id,
+            "batches": n_parts,
+        }
+    finally:
+        os.chdir(here)
+        pg.remove()
+        shutil.rmtree(folder, ignore_errors=True)
+        if uri is not None:  # the other sections' store again
+            os.environ["MLFLOW_TRACKING_URI"] = uri
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)
+
+
 # ------------------------------------------------------------------------------------------ main
 
 
@@ -600,7 +708,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"project in {folder} (load average {load_avg()}, {os.cpu_count()} CPUs)", flush=True)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     try:
-        cfg = load_project(folder) if args.project else build_project(folder)
+        needs_project = set(chosen) - {"postgres_restart"}  # that one builds a project on PostgreSQL
+        cfg = (load_project(folder) if args.project else build_project(folder)) if needs_project else None
         runs: dict[str, Callable[[], dict[str, Any]]] = {
             "fuzz": lambda: run_fuzz(cfg, args.fuzz_cases),
             "redis_kill": lambda: run_redis_kill(
@@ -608,24 +717,37 @@ def main(argv: list[str] | None = None) -> None:
             ),
             "sigkill_materialize": lambda: run_sigkill_materialize(cfg),
             "soak": lambda: run_soak(cfg, args.rate, args.soak_seconds, None),
+            "postgres_restart": run_postgres_restart,
         }
         embedded = None
         for name in chosen:
-            if name == "postgres_restart":
-                results["postgres_restart"] = None
-                results["postgres_restart_reason"] = POSTGRES_REASON
-                continue
-            if name != "redis_kill":  # the embedded store's bundle serves (redis_kill moves the alias)
+            if name not in ("redis_kill", "postgres_restart"):  # the embedded store's bundle (others move it)
                 embedded = embedded or serve_new_bundle(cfg, "reliability")
                 promote(embedded)
-            results[name] = timed(name, runs[name]) | {"command": command(argv)}
+            try:
+                results[name] = timed(name, runs[name]) | {"command": command(argv)}
+                results.pop(f"{name}_reason", None)
+            except (Exception, SystemExit) as exc:  # record why a section has no figures, run the rest
+                print(f"   {name} failed: {exc!r}", flush=True)
+                results[name], results[f"{name}_reason"] = None, f"not measured: {exc!r}"[:500]
     finally:
         if not (args.keep or args.project):
             shutil.rmtree(folder, ignore_errors=True)
-    results["command"] = command(argv)
+    results["command"] = all_sections(command(argv))  # each section keeps the exact command it ran with
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {RESULTS.relative_to(ROOT)}")
+
+
+def all_sections(cmd: str) -> str:
+    """The command without --sections: what reproduces every section with the same settings."""
+    words, out = shlex.split(cmd), []
+    for word in words:
+        if out and out[-1] == "--sections":
+            out.pop()
+        elif not word.startswith("--sections="):
+            out.append(word)
+    return shlex.join(out)
 
 
 def command(argv: list[str] | None) -> str:
