@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import numbers
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -59,8 +60,13 @@ USER_FEATURES = [
 
 
 def _whole(value: object) -> object:
-    """JSON Schema's integer: 5.0 is the integer 5; "5" and true stay what they are (and are refused)."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
+    """JSON Schema's integer: 5.0 is the integer 5 (and so is NumPy's 5, from Python callers); "5" and
+    true stay what they are (and are refused)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return value
 
 
 # Strict models: "5" is not an id and 1 is not a boolean, as in the OpenAPI schema; unknown fields are
