@@ -5,7 +5,9 @@ naming an adapter of another base is refused; several user_state writes on one d
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -30,12 +32,17 @@ from tests.integration.test_lora_flow import _params, _use
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+URI_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 AS_OF = "2018-01-29"  # the adapter's cycle: its new items are known here
 
 
 @pytest.fixture(scope="module")
-def adapted(tiny_project: TinyProject, tmp_path_factory: pytest.TempPathFactory) -> dict:  # type: ignore[type-arg]
+def adapted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:  # type: ignore[type-arg]
     """A copy of the tiny project with a trained, promoted adapter and the champions' bundle materialized."""
+    # module-scoped, so the autouse URI restore does not cover it: saved before the tiny project (whose
+    # training points MLflow at its store) is built, restored at the end
+    saved = {k: os.environ.get(k) for k in URI_KEYS}
+    tiny_project: TinyProject = request.getfixturevalue("tiny_project")
     folder = tmp_path_factory.mktemp("bundle_adapter") / "project"
     shutil.copytree(tiny_project.cfg.root, folder, ignore=shutil.ignore_patterns("feast", "kv_cache"))
     cfg = _params(folder, tolerance=0.99)  # fast lora settings; any challenger passes the gate
@@ -60,7 +67,13 @@ def adapted(tiny_project: TinyProject, tmp_path_factory: pytest.TempPathFactory)
     # the reference: the existing serving path (champion adapter merged into its base), loaded on its own
     merged, versions = adapters.serving_model(client)
     assert versions == {"fm": bundle.fm_version, "adapter": out.adapter_version}
-    return {"cfg": cfg, "store": store, "bundle": bundle, "merged": merged, "as_of": when}
+    yield {"cfg": cfg, "store": store, "bundle": bundle, "merged": merged, "as_of": when}
+    bundle_fm.clear_cache()
+    for key, value in saved.items():  # keep this copy's store out of the next module's fixtures
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def _use_copy(adapted: dict) -> tuple[Config, mlflow.MlflowClient]:  # type: ignore[type-arg]
