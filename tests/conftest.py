@@ -44,13 +44,31 @@ def project_cfg(tmp_path: Path) -> Config:
     return dataclasses.replace(cfg, paths=paths)
 
 
-@pytest.fixture(autouse=True)
-def _restore_mlflow_uri() -> object:
-    """mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI; keep one test's store out of the next."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    yield
+MLFLOW_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def _restore_env(saved: dict[str, str | None]) -> None:
+    """Put the MLflow URI variables back as they were (unset ones unset again)."""
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_uri() -> object:
+    """mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI; keep one test's store out of the next."""
+    saved = {k: os.environ.get(k) for k in MLFLOW_URI_VARS}
+    yield
+    _restore_env(saved)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_mlflow_uri_per_module() -> object:
+    """The same for module- and session-scoped fixtures (a project built once per module points MLflow at
+    its store): specrec.tracking honours an inherited MLFLOW_TRACKING_URI, so a leaked one would send every
+    later module's project to this module's store."""
+    saved = {k: os.environ.get(k) for k in MLFLOW_URI_VARS}
+    yield
+    _restore_env(saved)
