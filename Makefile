@@ -29,7 +29,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GIT_PYTHON_REFRESH := quiet
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup system-deps demo test test-fast lint mlflow-ui flows clean
+.PHONY: help setup system-deps services services-stop demo test test-fast lint mlflow-ui flows clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,15 +48,23 @@ setup: $(STAMP) ## create .venv and install everything (idempotent)
 
 # Servers the tests start on loopback (Redis for the production profile's online store), from Debian's
 # packages; installed only when missing, and only when we may (root).
-SYSTEM_PACKAGES := redis-server
-system-deps: ## install Debian packages the tests need (redis-server) when missing
-	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+SYSTEM_PACKAGES := redis-server postgresql
+system-deps: ## install Debian packages the tests need (redis-server, postgresql) when missing
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || command -v $$p >/dev/null \
+		|| missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			echo "installing$$missing (Debian packages)"; \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 		else echo "warning:$$missing not installed and not root: tests that need it fail in CI, skip locally"; fi; \
 	fi
+
+# The production profile's servers for development: Redis and PostgreSQL on loopback, data under .services/.
+services: $(STAMP) system-deps ## start local Redis + PostgreSQL (production profile); prints the env to export
+	$(BIN)/python -m specrec.services start
+
+services-stop: $(STAMP) ## stop what make services started
+	$(BIN)/python -m specrec.services stop
 
 # A demo step: print its title, run it, and on failure stop with the step's name.
 define step
