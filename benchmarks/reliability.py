@@ -284,46 +284,6 @@ class Redis:
             self.proc = None
 
 
-class Postgres:
-    """A PostgreSQL cluster of our own (Debian's binaries) in a temp folder on a free loopback port, run as
-    the `postgres` user when we are root (the server refuses to run as root)."""
-
-    def __init__(self) -> None:
-        versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-        if not versions:
-            raise SystemExit("PostgreSQL not found: install postgresql (`apt-get install postgresql`).")
-        self.bin, self.port = versions[-1].parent, free_port()
-        self.folder = Path(tempfile.mkdtemp(prefix="specrec-pg-"))
-        if os.getuid() == 0:
-            shutil.chown(self.folder, "postgres")
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://specrec@127.0.0.1:{self.port}/mlflow"
-
-    def _run(self, tool: str, *args: str) -> None:
-        prefix = ["runuser", "-u", "postgres", "--"] if os.getuid() == 0 else []
-        subprocess.run([*prefix, str(self.bin / tool), *args], check=True, capture_output=True)
-
-    def create(self) -> None:
-        self._run("initdb", "-D", str(self.folder / "data"), "-U", "specrec", "--auth=trust")
-        self.start()
-        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "specrec", "mlflow")
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
-        data, log = str(self.folder / "data"), str(self.folder / "server.log")
-        self._run("pg_ctl", "-D", data, "-o", options, "-l", log, "-w", "start")
-
-    def stop(self) -> None:
-        self._run("pg_ctl", "-D", str(self.folder / "data"), "-m", "fast", "-w", "stop")
-
-    def remove(self) -> None:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            self.stop()
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
 # ------------------------------------------------------------------------------------------ load
 
 
@@ -622,13 +582,14 @@ def run_postgres_restart(pg_down_after_s: float = 4.0, batch_rows: int = 300) ->
 
     import mlflow
     from specrec.nearline import bundles
+    from specrec.services import Postgres  # a throw-away cluster in a temp folder on a free port
 
     pg = Postgres()
     here, uri = Path.cwd(), os.environ.get("MLFLOW_TRACKING_URI")
     folder = Path(tempfile.mkdtemp(prefix="specrec-reliability-pg-"))
     try:
         pg.create()
-        os.environ["MLFLOW_TRACKING_URI"] = pg.url
+        os.environ["MLFLOW_TRACKING_URI"] = pg.url()
         os.chdir(folder)  # MLflow's default artifact root (./mlruns) is relative to the cwd
         cfg = build_project(folder)
         _, params = with_profile(cfg, cfg.feast.profile, batch_rows)
