@@ -17,7 +17,7 @@ import pandas as pd
 from specrec.clock import EventLog, to_utc
 from specrec.config import Config, parse_duration
 from specrec.io import read_parquet
-from specrec.nearline.materialize import write_batch
+from specrec.nearline.materialize import history_file, write_batch
 from specrec.nearline.store import offline_dir
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def update_item_stats(cfg: Config, as_of: object, store: FeatureStore) -> dict[s
         write_batch(
             store,
             part,
-            folder / f"as_of={when.date()}-part{k // cfg.feast.write_batch_rows:05d}.parquet",
+            folder / history_file(when, k // cfg.feast.write_batch_rows),
             cfg.feast.write_batch_rows,
             VIEW,
         )

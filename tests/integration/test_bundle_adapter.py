@@ -22,6 +22,7 @@ from specrec.errors import SpecrecError
 from specrec.lora import adapters
 from specrec.lora.finetune import run_cycle
 from specrec.nearline import bundle_fm, bundles
+from specrec.nearline.item_stats import update_item_stats
 from specrec.nearline.materialize import load_fm, materialize_items
 from specrec.nearline.store import apply, offline_dir
 from specrec.nearline.user_state import update_user_state
@@ -187,3 +188,15 @@ def test_user_state_writes_on_one_day_keep_their_history(adapted: dict) -> None:
     assert len(files) == 2  # same day, two files: the second write did not overwrite the first
     assert sum(len(pd.read_parquet(f)) for f in files) == one["rows_written"] + two["rows_written"]
 
+
+
+def test_item_stats_writes_on_one_day_keep_their_history(adapted: dict) -> None:  # type: ignore[type-arg]
+    cfg, _ = _use_copy(adapted)
+    store = adapted["store"]
+    folder = offline_dir(store, "item_stats")
+    day = to_utc(adapted["as_of"]).floor("D") + pd.Timedelta("1D")
+    update_item_stats(cfg, day + pd.Timedelta("1h"), store)
+    first = set(folder.glob("*.parquet"))
+    update_item_stats(cfg, day + pd.Timedelta("2h"), store)
+    second = set(folder.glob("*.parquet"))
+    assert first and first < second  # same day: the second write added files, it did not overwrite
