@@ -244,46 +244,6 @@ def tracking_uri(root: Path) -> str:
     return local_uri(root)
 
 
-class Redis:
-    """A redis-server of our own on loopback with AOF persistence (as a production Redis should run),
-    so a restart after kill -9 brings the materialized rows back from disk."""
-
-    def __init__(self, folder: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("redis-server not found: install Debian's redis-server (`make system-deps`).")
-        self.binary, self.folder, self.port = binary, folder, free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        import redis
-
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
-            + ["--appendonly", "yes", "--appendfsync", "everysec", "--save", ""],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(host="127.0.0.1", port=self.port)
-        wait_until(lambda: bool(client.ping()), 30, f"redis-server on {self.url}")
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-
 # ------------------------------------------------------------------------------------------ load
 
 
@@ -401,7 +361,9 @@ def run_redis_kill(cfg: Any, rate: float, seconds: float, kill_at: float, down_s
     """Open-loop load on the scorer over Redis; kill -9 Redis at `kill_at` s, restart it `down_s` later."""
     redis_dir = cfg.root / "redis"
     redis_dir.mkdir(exist_ok=True)
-    server = Redis(redis_dir)
+    from specrec.services import RedisProcess  # AOF persistence, as a production Redis should run
+
+    server = RedisProcess(redis_dir)
     env = {"SPECREC_REDIS": server.url, "SPECREC_FEAST_REGISTRY_URL": f"sqlite:///{cfg.root / 'reg.db'}"}
     os.environ.update(env)
     prod, params = with_profile(cfg, "production")

@@ -111,6 +111,71 @@ class Postgres:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+class RedisProcess:
+    """A throw-away redis-server on a free loopback port (tests and benchmarks), in the foreground so it can
+    be stopped, shut down with a save, or killed; `persistence` are its redis-server options."""
+
+    AOF = ("--appendonly", "yes", "--appendfsync", "everysec", "--save", "")
+    SNAPSHOT = ("--save", "3600 1", "--appendonly", "no")
+
+    def __init__(self, folder: Path, persistence: tuple[str, ...] = AOF) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server not found: install Debian's redis-server (`make system-deps`).")
+        self.binary, self.folder, self.port, self.persistence = binary, folder, free_port(), persistence
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """host:port, as SPECREC_REDIS takes it."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Start it and wait until it answers PING."""
+        import redis
+
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
+            + list(self.persistence),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not answer on {self.url}")
+
+    def shutdown_save(self) -> None:
+        """SHUTDOWN SAVE: write the dataset to disk, then exit."""
+        import redis
+
+        if self.proc is None:
+            return
+        with contextlib.suppress(redis.ConnectionError):  # the server closes the connection as it exits
+            redis.Redis(host="127.0.0.1", port=self.port).shutdown(save=True)
+        self.proc.wait(timeout=30)
+        self.proc = None
+
+    def kill9(self) -> None:
+        """SIGKILL, as a crashed host would."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def stop(self) -> None:
+        """SIGTERM and wait."""
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
 def redis_env() -> str:
     return f"127.0.0.1:{REDIS_PORT}"
 

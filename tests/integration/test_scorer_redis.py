@@ -3,10 +3,8 @@ again; the scorer answers degraded (never an error) while it is down and recover
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +21,9 @@ from specrec.nearline.materialize import materialize_items
 from specrec.nearline.store import apply
 from specrec.nearline.user_state import update_user_state
 from specrec.online.app import build_scorer
-from specrec.online.check import free_port, serve_in_thread
+from specrec.online.check import serve_in_thread
 from specrec.online.service import create_app
+from specrec.services import RedisProcess
 from specrec.tracking import experiment_id
 from tests.conftest import require
 from tests.integration.conftest import TinyProject
@@ -32,62 +31,19 @@ from tests.integration.conftest import TinyProject
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-class RedisServer:
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
     """A redis-server of this test's own (the session one must not be stopped), persisted to disk so a
     restart brings the materialized rows back, as a production Redis with persistence would."""
-
-    def __init__(self, folder: Path) -> None:
-        binary = shutil.which("redis-server")
-        require(binary is not None, "redis-server (Debian package redis-server; `make system-deps`)")
-        self.binary, self.folder, self.port = str(binary), folder, free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        import redis
-
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
-            + ["--save", "3600 1", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(host="127.0.0.1", port=self.port)
-        for _ in range(200):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not answer on {self.url}")
-
-    def stop(self) -> None:
-        """SHUTDOWN SAVE: write the dataset to disk, then exit."""
-        import redis
-
-        if self.proc is None:
-            return
-        with contextlib.suppress(redis.ConnectionError):  # the server closes the connection as it exits
-            redis.Redis(host="127.0.0.1", port=self.port).shutdown(save=True)
-        self.proc.wait(timeout=30)
-        self.proc = None
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
+    require(shutil.which("redis-server") is not None, "redis-server (Debian package redis-server)")
+    server = RedisProcess(tmp_path, RedisProcess.SNAPSHOT)
     server.start()
     yield server
-    if server.proc is not None:
-        server.proc.terminate()
-        server.proc.wait(timeout=10)
+    server.stop()
 
 
 def test_redis_stopped_then_restarted(
-    tiny: TinyProject, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    tiny: TinyProject, redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("SPECREC_REDIS", redis_server.url)
     monkeypatch.setenv("SPECREC_FEAST_REGISTRY_URL", f"sqlite:///{tmp_path / 'feast_sql_registry.db'}")
@@ -116,7 +72,7 @@ def test_redis_stopped_then_restarted(
             assert not up["degraded"] and not up["cold_start"] and len(up["items"]) == 5
             assert httpx.get(f"{url}/readyz").status_code == 200
 
-            redis_server.stop()
+            redis_server.shutdown_save()
             down = [httpx.post(f"{url}/recommend", json=body, timeout=30) for _ in range(5)]
             assert all(r.status_code == 200 for r in down)
             assert all(r.json()["degraded"] and len(r.json()["items"]) == 5 for r in down)
