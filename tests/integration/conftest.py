@@ -50,7 +50,9 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory, root: Path) -> TinyPr
         dim=16,
         max_len=30,
         n_layers=1,
-        train=dataclasses.replace(cfg.fm.train, max_epochs=2, batch_size=128),
+        # no wall-clock budget: on a loaded runner the budget could end training after one epoch and
+        # every test that learns from this FM would see another teacher
+        train=dataclasses.replace(cfg.fm.train, max_epochs=2, batch_size=128, time_budget_s=None),
     )
     data = dataclasses.replace(cfg.data, path=str(root / cfg.data.path))
     cfg = dataclasses.replace(cfg, paths=paths, data=data, fm=fm, root=tmp)
