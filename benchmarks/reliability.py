@@ -119,13 +119,13 @@ def load_project(folder: Path) -> Any:
 
 
 def with_profile(cfg: Any, profile: str, write_batch_rows: int | None = None) -> tuple[Any, Path]:
-    """The config on another Feast profile (and batch size), and its params file next to params.yaml."""
+    """The config on another profile (and Feast batch size), and its params file next to params.yaml."""
     import yaml
 
     from specrec.config import load_config
 
     raw = yaml.safe_load((cfg.root / "params.yaml").read_text())
-    raw["feast"]["profile"] = profile
+    raw["profile"] = profile
     if write_batch_rows is not None:
         raw["feast"]["write_batch_rows"] = write_batch_rows
     path = cfg.root / f"params_{profile}_{write_batch_rows or 'default'}.yaml"
@@ -364,7 +364,13 @@ def run_redis_kill(cfg: Any, rate: float, seconds: float, kill_at: float, down_s
     from specrec.services import RedisProcess  # AOF persistence, as a production Redis should run
 
     server = RedisProcess(redis_dir)
-    env = {"SPECREC_REDIS": server.url, "SPECREC_FEAST_REGISTRY_URL": f"sqlite:///{cfg.root / 'reg.db'}"}
+    from specrec.tracking import local_uri
+
+    env = {  # Feast on Redis; the registries stay in the project's own SQLite files
+        "SPECREC_REDIS": server.url,
+        "SPECREC_FEAST_REGISTRY_URL": f"sqlite:///{cfg.root / 'reg.db'}",
+        "MLFLOW_TRACKING_URI": local_uri(cfg.root),
+    }
     os.environ.update(env)
     prod, params = with_profile(cfg, "production")
     server.start()
@@ -426,7 +432,7 @@ def run_sigkill_materialize(cfg: Any, batch_rows: int = 200, after_batches: int 
     old = bundles.serving(client) or serve_new_bundle(cfg, "reliability-sigkill-old")
     parts = bundles.champion_parts(client) | {"codebook": "reliability-sigkill-new"}
     new = bundles.register(client, parts, experiment_id(cfg.root, "materialize"))
-    _, params = with_profile(cfg, cfg.feast.profile, batch_rows)
+    _, params = with_profile(cfg, cfg.profile, batch_rows)
     as_of = str(as_of_first(cfg).date())
     cmd = [str(BIN / "specrec"), "nearline", "items", "--as-of", as_of, "--bundle", new.bundle_id]
     cmd += ["--params", str(params)]
@@ -554,7 +560,7 @@ def run_postgres_restart(pg_down_after_s: float = 4.0, batch_rows: int = 300) ->
         os.environ["MLFLOW_TRACKING_URI"] = pg.url()
         os.chdir(folder)  # MLflow's default artifact root (./mlruns) is relative to the cwd
         cfg = build_project(folder)
-        _, params = with_profile(cfg, cfg.feast.profile, batch_rows)
+        _, params = with_profile(cfg, cfg.profile, batch_rows)
         bundle = bundles.Bundle(bundles.champion_parts(mlflow.MlflowClient()))
         items = pd.read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet")
         n_parts = -(-int((items["first_seen"] < as_of_first(cfg)).sum()) // batch_rows)

@@ -16,7 +16,7 @@ from specrec.tracking import use_project_store
 def setup(params: str) -> tuple[Config, MlflowClient]:
     """Load params.yaml and point MLflow at the project's store."""
     cfg = load_config(Path(params))
-    use_project_store(cfg.root)
+    use_project_store(cfg)
     return cfg, MlflowClient()
 
 

@@ -200,8 +200,15 @@ def main(argv: list[str] | None = None) -> int:
         if not args.server:
             return serve_all(found, args.limit)
         from flows.local_server import running
+        from specrec.config import load_config
 
-        with running(args.home.resolve(), "127.0.0.1", args.port) as url:
+        cfg = load_config(args.params)
+        database = None
+        if cfg.production:  # the Prefect server's database is the profile's PostgreSQL
+            from specrec.services import endpoints
+
+            database = endpoints(cfg).prefect_database_url
+        with running(args.home.resolve(), "127.0.0.1", args.port, database_url=database) as url:
             print(f"Prefect UI: {url.removesuffix('/api')}  (server log: {args.home / 'server.log'})")
             return serve_all(found, args.limit, url)
     except SpecrecError as e:

@@ -28,10 +28,12 @@ def api_url(host: str, port: int) -> str:
     return f"http://{host}:{port}/api"
 
 
-def server_env(home: Path, host: str, port: int) -> dict[str, str]:
-    """The environment of the server process: its home, its address, the UI's API URL, no telemetry."""
+def server_env(home: Path, host: str, port: int, database_url: str | None = None) -> dict[str, str]:
+    """The environment of the server process: its home, its address, the UI's API URL, no telemetry, and
+    its database (the production profile's PostgreSQL; SQLite under its home when None)."""
     url = api_url(host, port)
-    return dict(os.environ) | {
+    database = {"PREFECT_SERVER_DATABASE_CONNECTION_URL": database_url} if database_url else {}
+    return dict(os.environ) | database | {
         "PREFECT_HOME": str(home),
         "PREFECT_API_URL": url,
         "PREFECT_UI_API_URL": url,
@@ -70,7 +72,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def running(home: Path, host: str = "127.0.0.1", port: int = 4200, timeout_s: float = 120) -> Iterator[str]:
+def running(
+    home: Path,
+    host: str = "127.0.0.1",
+    port: int = 4200,
+    timeout_s: float = 120,
+    database_url: str | None = None,
+) -> Iterator[str]:
     """Run `prefect server start` until the block ends; yields the API URL once /api/health answers.
 
     The server's output goes to <home>/server.log (the error message quotes its tail).
@@ -86,7 +94,7 @@ def running(home: Path, host: str = "127.0.0.1", port: int = 4200, timeout_s: fl
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [str(prefect), "server", "start", "--host", host, "--port", str(port)],
-            env=server_env(home, host, port),
+            env=server_env(home, host, port, database_url),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches the serve process only; it stops the server after

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -85,11 +86,24 @@ def data_split(params: ParamsOpt = Path("params.yaml")) -> None:
 
 
 @fm_app.command("train")
-def fm_train(params: ParamsOpt = Path("params.yaml")) -> None:
+def fm_train(
+    params: ParamsOpt = Path("params.yaml"),
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc",
+            min=1,
+            help="Training processes on this machine: >1 runs `torchrun --standalone` with DDP (gloo); "
+            "fm.train.batch_size stays the global batch.",
+        ),
+    ] = 1,
+) -> None:
     """Train the FM on history, log it to MLflow (fm-train), register specrec-fm and gate the champion."""
-    from specrec.fm.train import train_fm
+    from specrec.fm.distributed import launch, train_stage
 
-    _run(train_fm, params)
+    if nproc > 1:
+        raise typer.Exit(launch(params, nproc))
+    _run(train_stage, params)
 
 
 @fm_app.command("evaluate")
@@ -278,6 +292,28 @@ def clock_show(params: ParamsOpt = Path("params.yaml")) -> None:
     run_entry(show)
 
 
+@app.command("profile")
+def profile_show(params: ParamsOpt = Path("params.yaml")) -> None:
+    """The selected profile (params.yaml `profile`, SPECREC_PROFILE overrides) and where its stores are."""
+
+    def run(cfg: Config) -> None:
+        from specrec.tracking import tracking_uri
+
+        source = "SPECREC_PROFILE" if os.environ.get("SPECREC_PROFILE") else "params.yaml"
+        typer.echo(f"profile   {cfg.profile}  (from {source})")
+        typer.echo(f"feast     {cfg.path(cfg.feast.repo) / cfg.feast_yaml}")
+        if cfg.production:
+            from specrec.services import endpoints
+
+            for what, where in endpoints(cfg).rows():
+                typer.echo(f"{what:<21} {where}")
+        else:
+            typer.echo(f"mlflow    {tracking_uri(cfg.root)}")
+            typer.echo("prefect   the ephemeral or local server's SQLite (make flows: .prefect/)")
+
+    _run(run, params)
+
+
 lora_app = typer.Typer(
     help="Daily LoRA adapters on the FM and drift-triggered base retraining.", no_args_is_help=True
 )
@@ -347,7 +383,7 @@ def model_rollback(
         from specrec.lora.adapters import rollback
         from specrec.tracking import use_project_store
 
-        use_project_store(cfg.root)
+        use_project_store(cfg)
         old, new = rollback(mlflow.MlflowClient(), name)
         typer.echo(f"{name}@champion: v{old} -> v{new}")
 

@@ -7,6 +7,7 @@ rejected with a `ConfigError` that names the dotted key, the value and what is a
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -595,6 +596,7 @@ class ReplayConfig:
 
 
 PROFILES = ("embedded", "production")
+PROFILE_ENV = "SPECREC_PROFILE"  # the one switch between the profiles
 
 
 @dataclass(frozen=True)
@@ -602,12 +604,10 @@ class FeastConfig:
     """Which Feast repo configuration to use, and how nearline writes are batched."""
 
     repo: str = "features"
-    profile: str = "embedded"  # embedded: SQLite + file registry; production: Redis + SQL registry
     write_batch_rows: int = 50_000
     keep_bundles: int = 2  # online rows of older bundles are deleted once this many newer ones are complete
 
     def __post_init__(self) -> None:
-        _require(self.profile in PROFILES, "feast.profile", self.profile, f"one of {PROFILES}")
         _require(
             1 <= self.write_batch_rows <= 10_000_000,
             "feast.write_batch_rows",
@@ -618,16 +618,24 @@ class FeastConfig:
             1 <= self.keep_bundles <= 100, "feast.keep_bundles", self.keep_bundles, "an integer in [1, 100]"
         )
 
-    @property
-    def yaml_name(self) -> str:
-        """The feature_store yaml of the profile."""
-        return "feature_store.yaml" if self.profile == "embedded" else "feature_store.production.yaml"
+
+@dataclass(frozen=True)
+class ServicesConfig:
+    """Where the production profile's servers are. Each null falls back to an environment variable, then
+    to what `make services` starts on loopback (specrec.services.endpoints resolves them)."""
+
+    redis: str | None = None  # Feast online store, host:port[,db=N] (env SPECREC_REDIS)
+    feast_registry_url: str | None = None  # Feast SQL registry (env SPECREC_FEAST_REGISTRY_URL)
+    mlflow_tracking_uri: str | None = None  # MLflow tracking + registry (env MLFLOW_TRACKING_URI)
+    artifact_root: str | None = None  # MLflow artifacts: a folder or s3://... (env SPECREC_ARTIFACT_ROOT)
+    prefect_database_url: str | None = None  # Prefect server (env PREFECT_API_DATABASE_CONNECTION_URL)
 
 
 @dataclass(frozen=True)
 class Config:
     """The whole configuration."""
 
+    profile: str = "embedded"  # embedded: SQLite + files | production: Redis + PostgreSQL (SPECREC_PROFILE)
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
@@ -640,7 +648,21 @@ class Config:
     lora: LoraFinetuneConfig = field(default_factory=LoraFinetuneConfig)
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
+    services: ServicesConfig = field(default_factory=ServicesConfig)
     root: Path = field(default=Path("."), metadata={"internal": True})
+
+    def __post_init__(self) -> None:
+        _require(self.profile in PROFILES, "profile", self.profile, f"one of {PROFILES}")
+
+    @property
+    def production(self) -> bool:
+        """Whether the production profile (Redis, PostgreSQL) is selected."""
+        return self.profile == "production"
+
+    @property
+    def feast_yaml(self) -> str:
+        """The feature_store yaml of the profile."""
+        return "feature_store.production.yaml" if self.production else "feature_store.yaml"
 
     def path(self, relative: str) -> Path:
         """Resolve a configured path against the project root."""
@@ -728,5 +750,13 @@ def load_config(params: str | Path = "params.yaml") -> Config:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise SpecrecError(f"params file {str(path)!r} is not valid YAML: {exc}") from None
+    if isinstance(raw, dict) and isinstance(raw.get("feast"), dict) and "profile" in raw["feast"]:
+        moved = "nothing here: the profile moved to the top-level `profile:` key (or SPECREC_PROFILE)"
+        raise ConfigError("feast.profile", raw["feast"]["profile"], moved)
     cfg = build(Config, raw, "")
+    switch = os.environ.get(PROFILE_ENV)
+    if switch:  # the one switch: the environment overrides params.yaml
+        if switch not in PROFILES:
+            raise SpecrecError(f"{PROFILE_ENV}={switch!r} is not a profile; set it to one of {PROFILES}.")
+        cfg = dataclasses.replace(cfg, profile=switch)
     return dataclasses.replace(cfg, root=path.resolve().parent)

@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from specrec.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / ".services"
@@ -180,14 +187,63 @@ def redis_env() -> str:
     return f"127.0.0.1:{REDIS_PORT}"
 
 
+def postgres_url(database: str, driver: str = "psycopg") -> str:
+    """The URL of a `make services` database (trust auth for user specrec on loopback)."""
+    return f"postgresql+{driver}://{USER}@127.0.0.1:{PG_PORT}/{database}"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """The production profile's servers, resolved: params.yaml `services:`, else the environment variable,
+    else what `make services` runs on loopback."""
+
+    redis: str
+    feast_registry_url: str
+    mlflow_tracking_uri: str
+    artifact_root: str
+    prefect_database_url: str
+
+    def feast_env(self) -> dict[str, str]:
+        """The variables features/feature_store.production.yaml substitutes."""
+        return {"SPECREC_REDIS": self.redis, "SPECREC_FEAST_REGISTRY_URL": self.feast_registry_url}
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(what, where) for `specrec profile`, passwords hidden."""
+        hide = re.compile(r"(://[^:/@]+:)[^@]+@")
+        return [(k, hide.sub(r"\1***@", str(v))) for k, v in dataclasses.asdict(self).items()]
+
+
+def endpoints(cfg: Config) -> Endpoints:
+    """Resolve where the production profile's servers are for `cfg`."""
+    s = cfg.services
+
+    def pick(value: str | None, env: str, default: str) -> str:
+        return value or os.environ.get(env) or default
+
+    artifacts = pick(s.artifact_root, "SPECREC_ARTIFACT_ROOT", "mlflow/artifacts")
+    if "://" not in artifacts:
+        artifacts = str(cfg.path(artifacts).resolve())
+    return Endpoints(
+        redis=pick(s.redis, "SPECREC_REDIS", redis_env()),
+        feast_registry_url=pick(s.feast_registry_url, "SPECREC_FEAST_REGISTRY_URL", postgres_url("feast")),
+        mlflow_tracking_uri=pick(s.mlflow_tracking_uri, "MLFLOW_TRACKING_URI", postgres_url("mlflow")),
+        artifact_root=artifacts,
+        prefect_database_url=pick(
+            s.prefect_database_url,
+            "PREFECT_API_DATABASE_CONNECTION_URL",
+            postgres_url("prefect", "asyncpg"),
+        ),
+    )
+
+
 def env_lines() -> list[str]:
-    """The variables the production profile reads (Feast repo, MLflow, Prefect server)."""
-    pg = f"postgresql+psycopg://{USER}@127.0.0.1:{PG_PORT}"
+    """The switch and the variables the production profile reads (Feast repo, MLflow, Prefect server)."""
     return [
+        "export SPECREC_PROFILE=production",
         f"export SPECREC_REDIS={redis_env()}",
-        f"export SPECREC_FEAST_REGISTRY_URL={pg}/feast",
-        f"export MLFLOW_TRACKING_URI={pg}/mlflow",
-        f"export PREFECT_API_DATABASE_CONNECTION_URL={pg.replace('psycopg', 'asyncpg')}/prefect",
+        f"export SPECREC_FEAST_REGISTRY_URL={postgres_url('feast')}",
+        f"export MLFLOW_TRACKING_URI={postgres_url('mlflow')}",
+        f"export PREFECT_API_DATABASE_CONNECTION_URL={postgres_url('prefect', 'asyncpg')}",
     ]
 
 

@@ -44,7 +44,14 @@ def project_cfg(tmp_path: Path) -> Config:
     return dataclasses.replace(cfg, paths=paths)
 
 
-MLFLOW_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+# what use_project_store and open_store set in the process environment
+MLFLOW_URI_VARS = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "SPECREC_ARTIFACT_ROOT",
+    "SPECREC_REDIS",
+    "SPECREC_FEAST_REGISTRY_URL",
+)
 
 
 def _restore_env(saved: dict[str, str | None]) -> None:

@@ -109,7 +109,7 @@ def train_initial(cfg: Config, progress: bool = True) -> CodebookOutcome:
     import mlflow
 
     as_of = parse_timestamp("clock.start", cfg.clock.start)
-    use_project_store(cfg.root)
+    use_project_store(cfg)
     client = MlflowClient()
     items = known_items(cfg, as_of)
     fm = stage_fm(cfg)

@@ -37,7 +37,7 @@ def evaluate_fm(cfg: Config) -> dict[str, Any]:
     fm = evaluate(model, data.test, model.config.max_len)
     pop = evaluate(PopularityScorer(data.test.histories, data.n_items), data.test, model.config.max_len)
     run = json.loads((ckpt / RUN_FILE).read_text())
-    use_project_store(cfg.root)
+    use_project_store(cfg)
     client = mlflow.MlflowClient()
     with mlflow.start_run(run_id=run["run_id"]):
         mlflow.log_metrics(

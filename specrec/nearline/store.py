@@ -34,11 +34,15 @@ def open_store(cfg: Config) -> FeatureStore:
     from feast import FeatureStore
 
     repo = repo_path(cfg)
-    yaml = repo / cfg.feast.yaml_name
+    yaml = repo / cfg.feast_yaml
     if not yaml.is_file():
-        raise SpecrecError(
-            f"Feast config {yaml} not found; check feast.repo and feast.profile in params.yaml."
-        )
+        raise SpecrecError(f"Feast config {yaml} not found; check feast.repo and profile in params.yaml.")
+    if cfg.production:  # the yaml reads the servers from the environment (Feast's ${VAR} substitution)
+        import os
+
+        from specrec.services import endpoints
+
+        os.environ.update(endpoints(cfg).feast_env())
     (repo.parent / "data" / "feast").mkdir(parents=True, exist_ok=True)
     return FeatureStore(repo_path=str(repo), fs_yaml_file=yaml)
 

@@ -62,7 +62,7 @@ def build_scorer(
 
     `now` is the clock speculative rows expire against (the wall clock; a replay passes simulated time).
     """
-    use_project_store(cfg.root)
+    use_project_store(cfg)
     client, store = mlflow.MlflowClient(), open_store(cfg)
     bundle = bundles.serving(client)
     if bundle is None:

@@ -125,7 +125,7 @@ def replay_cycle(cfg: Config, params: Path, cycle: Cycle, events: pd.DataFrame, 
 
     start = time.perf_counter()
     built = run_cycle(as_of=cycle.as_of.isoformat(), params=str(params))
-    use_project_store(cfg.root)  # the flow's tasks point MLflow at the store in their own threads
+    use_project_store(cfg)  # the flow's tasks point MLflow at the store in their own threads
     span = next_events(events, cycle)
     length = parse_duration("speculation.window", cfg.speculation.window)
     windows = sample_windows(span, length, cfg.replay.requests, cfg.replay.seed + cycle.index)
@@ -156,7 +156,7 @@ def replay(cfg: Config, params: Path, n_cycles: int, rerun: bool = False) -> lis
     from specrec.nearline.store import apply
 
     cycles = check_cycles(cfg, n_cycles)
-    use_project_store(cfg.root)
+    use_project_store(cfg)
     apply(cfg)  # the Feast tables exist before the first cycle writes (idempotent)
     events = read_parquet(cfg.path(cfg.paths.prepared) / "interactions.parquet", "prepared interactions")
     out = []

@@ -40,7 +40,7 @@ def build_report(cfg: Config, out: Path | None = None, ui: str | None = None) ->
     """Write the page (default reports/report.html under the project) and log it to MLflow `report`."""
     ui = ui or default_ui()
     path = _checked_out((out if out is not None else cfg.root / DEFAULT_OUT).resolve())
-    store = use_project_store(cfg.root)
+    store = use_project_store(cfg)
     ctx = Context(
         path.parent,
         path.stem,

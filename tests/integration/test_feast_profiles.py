@@ -14,11 +14,11 @@ import pytest
 
 import mlflow
 from specrec.clock import ReplayClock
-from specrec.config import FeastConfig
+from specrec.config import ServicesConfig
 from specrec.nearline import bundles
 from specrec.nearline.materialize import load_fm, materialize_items
 from specrec.nearline.store import apply
-from specrec.tracking import experiment_id
+from specrec.tracking import experiment_id, local_uri
 from tests.integration.conftest import TinyProject
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -51,13 +51,14 @@ def test_feast_cli_applies_the_repo(root: Path, tmp_path: Path) -> None:
 
 
 def test_production_profile_on_redis(
-    tiny: TinyProject, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    tiny: TinyProject, redis_url: str
 ) -> None:
-    monkeypatch.setenv("SPECREC_REDIS", redis_url)
-    monkeypatch.setenv(
-        "SPECREC_FEAST_REGISTRY_URL", f"sqlite:///{tiny.cfg.root / 'data' / 'feast_sql_registry.db'}"
+    services = ServicesConfig(  # servers named in params.yaml `services:` (the environment is the fallback)
+        redis=redis_url,
+        feast_registry_url=f"sqlite:///{tiny.cfg.root / 'data' / 'feast_sql_registry.db'}",
+        mlflow_tracking_uri=local_uri(tiny.cfg.root),
     )
-    cfg = dataclasses.replace(tiny.cfg, feast=dataclasses.replace(FeastConfig(), profile="production"))
+    cfg = dataclasses.replace(tiny.cfg, profile="production", services=services)
     store = apply(cfg)
     assert store.config.online_store.type == "redis" and store.config.registry.registry_type == "sql"
     client = mlflow.MlflowClient()

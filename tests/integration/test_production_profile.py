@@ -3,7 +3,6 @@ MLflow tracking and model registry on PostgreSQL (a throw-away cluster started t
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 
 import mlflow
 from specrec.clock import ReplayClock
-from specrec.config import FeastConfig
+from specrec.config import load_config
 from specrec.fm.train import EXPERIMENT, REGISTERED_MODEL, _log_model
 from specrec.nearline import bundles
 from specrec.nearline.materialize import load_fm, materialize_items
@@ -46,22 +45,28 @@ def test_production_profile_on_postgres_and_redis(
     root = tiny.cfg.root
     sqlite_table = load_fm(tiny.fm.version).item_embeddings().detach().numpy()  # the project's own store
     before = os.environ.get("MLFLOW_TRACKING_URI")
-    monkeypatch.chdir(tmp_path)  # a server store's default artifact root (./mlruns) is relative to the cwd
+    # the one switch, and the servers as `make services` prints them
+    monkeypatch.setenv("SPECREC_PROFILE", "production")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", postgres.url("mlflow"))
     monkeypatch.setenv("SPECREC_REDIS", redis_url)
     monkeypatch.setenv("SPECREC_FEAST_REGISTRY_URL", postgres.url("feast"))
+    monkeypatch.setenv("SPECREC_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
     try:
-        assert use_project_store(root) == postgres.url("mlflow")
+        cfg = load_config(tiny.params)
+        assert cfg.production and tiny.cfg.profile == "embedded"  # params.yaml says embedded
+        assert use_project_store(cfg) == postgres.url("mlflow")
         client = mlflow.MlflowClient()
         # the tiny project's trained FM, logged and promoted into the PostgreSQL store as train_fm does
-        with mlflow.start_run(experiment_id=experiment_id(root, EXPERIMENT)):
+        with mlflow.start_run(experiment_id=experiment_id(root, EXPERIMENT)) as run:
             version = _log_model(tiny.cfg.path(tiny.cfg.paths.fm))
+        # artifacts under the profile's artifact root, not MLflow's ./mlruns default of the working folder
+        assert run.info.artifact_uri.startswith((tmp_path / "artifacts" / EXPERIMENT).as_uri())
+        assert any((tmp_path / "artifacts" / EXPERIMENT).rglob("*.safetensors"))
         metric = tiny.cfg.fm.promote_metric
         assert promote_if_better(
             client, REGISTERED_MODEL, version, metric, tiny.fm.result.best_metrics[metric]
         ).promoted
 
-        cfg = dataclasses.replace(tiny.cfg, feast=dataclasses.replace(FeastConfig(), profile="production"))
         store = apply(cfg)
         assert store.config.online_store.type == "redis" and store.config.registry.registry_type == "sql"
         assert str(store.config.registry.path).startswith("postgresql+psycopg://")

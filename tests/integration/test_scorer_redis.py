@@ -15,7 +15,6 @@ import pytest
 
 import mlflow
 from specrec.clock import ReplayClock
-from specrec.config import FeastConfig
 from specrec.nearline import bundles
 from specrec.nearline.materialize import materialize_items
 from specrec.nearline.store import apply
@@ -24,7 +23,7 @@ from specrec.online.app import build_scorer
 from specrec.online.check import serve_in_thread
 from specrec.online.service import create_app
 from specrec.services import RedisProcess
-from specrec.tracking import experiment_id
+from specrec.tracking import experiment_id, local_uri
 from tests.conftest import require
 from tests.integration.conftest import TinyProject
 
@@ -45,10 +44,11 @@ def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
 def test_redis_stopped_then_restarted(
     tiny: TinyProject, redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("SPECREC_REDIS", redis_server.url)
+    monkeypatch.setenv("SPECREC_REDIS", redis_server.url)  # the servers from the environment
     monkeypatch.setenv("SPECREC_FEAST_REGISTRY_URL", f"sqlite:///{tmp_path / 'feast_sql_registry.db'}")
-    cfg = dataclasses.replace(tiny.cfg, feast=dataclasses.replace(tiny.cfg.feast, profile="production"))
-    assert FeastConfig().profile != "production"  # this test alone switches to Redis
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", local_uri(tiny.cfg.root))
+    cfg = dataclasses.replace(tiny.cfg, profile="production")
+    assert tiny.cfg.profile != "production"  # this test alone switches to Redis
     client = mlflow.MlflowClient()
     previous = bundles.serving(client)
     store = apply(cfg)
