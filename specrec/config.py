@@ -595,6 +595,33 @@ class ReplayConfig:
         _require(1 <= self.k <= 1000, "replay.k", self.k, "an integer in [1, 1000]")
 
 
+DASK_SCHEMES = ("tcp://", "tls://", "ucx://", "ws://", "wss://")
+
+
+@dataclass(frozen=True)
+class DaskConfig:
+    """Where item materialization and speculative precompute run: in-process, or sharded over Dask."""
+
+    address: str | None = None  # null: in-process (no Dask) | local: a LocalCluster here | tcp://host:8786
+    shards: int = 4  # Prefect tasks per write: items (materialization) or users (precompute) split this way
+    n_workers: int = 2  # LocalCluster workers (address: local)
+    threads_per_worker: int = 1
+    processes: bool = True  # LocalCluster workers as processes (false: threads of the flow's process)
+
+    def __post_init__(self) -> None:
+        ok = self.address is None or self.address == "local" or self.address.startswith(DASK_SCHEMES)
+        allowed = f"null, local, or a scheduler address such as tcp://host:8786 ({', '.join(DASK_SCHEMES)})"
+        _require(ok, "dask.address", self.address, allowed)
+        _require(1 <= self.shards <= 100_000, "dask.shards", self.shards, "an integer in [1, 100000]")
+        _require(1 <= self.n_workers <= 1024, "dask.n_workers", self.n_workers, "an integer in [1, 1024]")
+        _require(
+            1 <= self.threads_per_worker <= 256,
+            "dask.threads_per_worker",
+            self.threads_per_worker,
+            "an integer in [1, 256]",
+        )
+
+
 PROFILES = ("embedded", "production")
 PROFILE_ENV = "SPECREC_PROFILE"  # the one switch between the profiles
 
@@ -648,6 +675,7 @@ class Config:
     lora: LoraFinetuneConfig = field(default_factory=LoraFinetuneConfig)
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
+    dask: DaskConfig = field(default_factory=DaskConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
     root: Path = field(default=Path("."), metadata={"internal": True})
 
