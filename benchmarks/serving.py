@@ -35,7 +35,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,9 +228,24 @@ async def run_load(
     timeout_s: float,
     seed: int,
 ) -> LoadResult:
-    """Offer `rate` requests/s for `duration_s`, at most `max_inflight` outstanding."""
+    """Offer `rate` requests/s for `duration_s`, evenly spaced, users drawn uniformly, at most
+    `max_inflight` outstanding."""
     rng = random.Random(seed)
     n = max(1, int(rate * duration_s))
+    schedule = [(i / rate, rng.choice(users)) for i in range(n)]
+    return await run_schedule(call, schedule, rate, duration_s, max_inflight, timeout_s)
+
+
+async def run_schedule(
+    call: Call,
+    schedule: Sequence[tuple[float, int]],
+    rate: float,
+    duration_s: float,
+    max_inflight: int,
+    timeout_s: float,
+) -> LoadResult:
+    """Send each (offset s, user) of `schedule` at t0 + offset whatever happened before (open loop), at
+    most `max_inflight` outstanding; `rate` is the offered load it is reported as."""
     slots = asyncio.Semaphore(max_inflight)
     latencies: list[float] = []
     kinds: dict[str, int] = {}
@@ -255,12 +270,12 @@ async def run_load(
     async with aiohttp.ClientSession(connector=connector) as session:
         t0 = time.perf_counter() + 0.05
         tasks = []
-        for i in range(n):
-            due = t0 + i / rate
+        for offset, user in schedule:
+            due = t0 + offset
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(session, due, rng.choice(users))))
+            tasks.append(asyncio.create_task(one(session, due, user)))
         await asyncio.gather(*tasks)
         elapsed = max(time.perf_counter() - t0, duration_s)
     return LoadResult(rate, latencies, sum(kinds.values()), elapsed, kinds, parts, flags)
