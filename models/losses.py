@@ -31,13 +31,16 @@ def sampled_softmax(
     n_uniform: int,
     n_inbatch: int,
     generator: torch.Generator | None = None,
+    inbatch_pool: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax over the target plus shared negatives: other rows' targets and uniform random items.
 
-    A negative equal to the row's own target (an accidental hit) is masked out.
+    A negative equal to the row's own target (an accidental hit) is masked out. `inbatch_pool` (default:
+    `targets`) is where in-batch negatives come from: under DDP the whole batch's targets, not one rank's.
     """
     n, n_items = targets.shape[0], table.shape[0] - 1
-    inbatch = targets[torch.randperm(n, generator=generator)[:n_inbatch]]  # (<=n_inbatch,)
+    pool = targets if inbatch_pool is None else inbatch_pool  # (n_pool,)
+    inbatch = pool[torch.randperm(len(pool), generator=generator)[:n_inbatch]]  # (<=n_inbatch,)
     uniform = torch.randint(1, n_items + 1, (n_uniform,), generator=generator)  # (n_uniform,)
     neg_ids = torch.cat([inbatch, uniform.to(targets.device)])  # (M,)
     hidden = hidden * scale
@@ -58,10 +61,11 @@ def next_item_loss(
     n_inbatch: int = 0,
     generator: torch.Generator | None = None,
     bf16: bool = False,
+    inbatch_pool: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Dispatch to the loss named in config ('full_ce' or 'sampled_softmax')."""
     if name == "full_ce":
         return full_cross_entropy(hidden, targets, table, scale, bf16)
     if name == "sampled_softmax":
-        return sampled_softmax(hidden, targets, table, scale, n_uniform, n_inbatch, generator)
+        return sampled_softmax(hidden, targets, table, scale, n_uniform, n_inbatch, generator, inbatch_pool)
     raise ValueError(f"loss={name!r} is unknown: use one of {LOSS_NAMES}")

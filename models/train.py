@@ -4,6 +4,8 @@ AdamW, dropout, fixed seeds, next-item loss at every position, validation NDCG@1
 early stopping (patience) and an optional wall-clock budget; the best epoch's weights are restored at the
 end and, if a directory is given, written as safetensors with their config JSON. An `on_epoch` callback
 receives every epoch's record so the caller can log it (e.g. to MLflow) without this module knowing how.
+Given a `Shard` (models.ddp) the same loop runs as one rank of a DistributedDataParallel group: rank 0
+alone shows progress, calls `on_epoch` and writes the checkpoint; losses and metrics are the whole group's.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from models.evaluate import evaluate
+from models.ddp import Shard, wrap
+from models.evaluate import compute_ranks, evaluate, metrics_from_ranks
 from models.hstu import HSTU, HSTUConfig, require
 from models.losses import LOSS_NAMES, next_item_loss
 from models.sasrec import SASRec, SASRecConfig
@@ -110,6 +113,7 @@ class EpochRecord:
     train_seconds: float  # optimiser time of this epoch
     metrics: dict[str, float]  # validation metrics (hr@k, ndcg@k, mrr)
     improved: bool
+    step_losses: tuple[float, ...] = ()  # the loss of every optimiser step of the epoch, in order
 
 
 @dataclass
@@ -129,6 +133,11 @@ class TrainResult:
     def n_epochs(self) -> int:
         """Epochs run."""
         return len(self.epochs)
+
+    @property
+    def step_losses(self) -> list[float]:
+        """The loss of every optimiser step, all epochs in order (the loss curve)."""
+        return [loss for r in self.epochs for loss in r.step_losses]
 
 
 # ---- model construction and checkpoints --------------------------------------------------------------
@@ -168,30 +177,46 @@ def load_checkpoint(directory: str | Path) -> RecModel:
 # ---- training ----------------------------------------------------------------------------------------
 
 
-def _batch_loss(model: RecModel, batch: Batch, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """Next-item loss over all supervised positions, plus the weighted pair loss for HSTU."""
+def _batch_loss(
+    model: RecModel, batch: Batch, cfg: TrainConfig, gen: torch.Generator, part: slice | None = None
+) -> torch.Tensor:
+    """Next-item loss over all supervised positions, plus the weighted pair loss for HSTU.
+
+    With `part` (one DDP rank's rows) the result is those rows' share of the whole batch's loss: their
+    terms summed over the whole batch's count, so the ranks' shares add up to the one-process loss.
+    Negatives come from the whole batch with the shared generator, so every rank draws what one process
+    draws, and a rank with no rows still draws them to keep its generator in step.
+    """
+    rows = slice(None) if part is None else part
+    items, times, targets = batch.items[rows], batch.timestamps[rows], batch.targets[rows]  # (b, T)
     pair_loss = torch.zeros(())
     if isinstance(model, HSTU) and cfg.pair_loss_weight > 0:
-        cands = _pair_candidates(batch.targets[:, -1], cfg.pair_negatives, gen)  # (B, 1+P), positive first
-        hidden, h_cand = model.encode_with_candidates(batch.items, batch.timestamps, cands)
+        cands = _pair_candidates(batch.targets[:, -1], cfg.pair_negatives, gen)[rows]  # (b, 1+P), pos first
+        hidden, h_cand = model.encode_with_candidates(items, times, cands)
         positive = torch.zeros(len(cands), dtype=torch.long)
         pair_loss = nn.functional.cross_entropy(model.pair_score(h_cand, cands), positive)
     else:
-        hidden = model(batch.items, batch.timestamps)  # (B, T, D)
-    keep = batch.targets > 0
+        hidden = model(items, times)  # (b, T, D)
+    keep = targets > 0
     table = model.item_embeddings()  # (n_items+1, D)
     loss = next_item_loss(
         cfg.loss,
         hidden[keep],
-        batch.targets[keep],
+        targets[keep],
         table,
         model.logit_scale(),
         cfg.n_uniform_negatives,
         cfg.n_inbatch_negatives,
         gen,
         cfg.bf16_logits,
+        None if part is None else batch.targets[batch.targets > 0],  # in-batch negatives: whole batch
     )
-    return loss + cfg.pair_loss_weight * pair_loss
+    if part is None:
+        return loss + cfg.pair_loss_weight * pair_loss
+    if len(items) == 0:  # a small last batch left this rank no rows: it still joins the all-reduce
+        return hidden.sum() * 0.0
+    share = loss * (int(keep.sum()) / batch.n_targets())
+    return share + cfg.pair_loss_weight * pair_loss * (len(items) / len(batch.items))
 
 
 def _pair_candidates(last_targets: torch.Tensor, n_neg: int, gen: torch.Generator) -> torch.Tensor:
@@ -203,38 +228,81 @@ def _pair_candidates(last_targets: torch.Tensor, n_neg: int, gen: torch.Generato
 
 
 def _train_epoch(
-    model: RecModel,
-    opt: torch.optim.Optimizer,
     data: Sequences,
     cfg: TrainConfig,
     max_len: int,
     rng: np.random.Generator,
-    gen: torch.Generator,
+    step: Callable[[Batch], float],
     desc: str,
-) -> tuple[float, int, float]:
-    """One pass over the training users. Returns mean loss, supervised tokens, optimiser seconds."""
-    model.train()
-    total_loss, tokens, start = 0.0, 0, time.perf_counter()
+    show: bool,
+) -> tuple[float, int, float, list[float]]:
+    """One pass over the training users. Returns mean loss, supervised tokens, optimiser seconds and the
+    loss of every step (under DDP: of the whole group's batch)."""
+    total_loss, tokens, start, steps = 0.0, 0, time.perf_counter(), []
     n_batches = int(np.ceil((data.lengths() >= 2).sum() / cfg.batch_size))
     bar = tqdm(
         training_batches(data, cfg.batch_size, max_len, rng, cfg.random_windows),
         total=n_batches,
         desc=desc,
-        disable=not cfg.progress,
+        disable=not show,
         mininterval=5.0,
         leave=False,
     )
     for batch in bar:
+        step_loss = step(batch)
+        n = batch.n_targets()
+        total_loss, tokens = total_loss + step_loss * n, tokens + n
+        steps.append(step_loss)
+        bar.set_postfix(
+            loss=f"{total_loss / tokens:.4f}", tok_s=f"{tokens / (time.perf_counter() - start):.0f}"
+        )
+    return total_loss / max(tokens, 1), tokens, time.perf_counter() - start, steps
+
+
+def _local_step(
+    model: RecModel, opt: torch.optim.Optimizer, cfg: TrainConfig, gen: torch.Generator
+) -> Callable[[Batch], float]:
+    """One optimiser step on a whole batch in this process; returns its loss."""
+
+    def step(batch: Batch) -> float:
+        model.train()
         loss = _batch_loss(model, batch, cfg, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        n = batch.n_targets()
-        total_loss, tokens = total_loss + float(loss.detach()) * n, tokens + n
-        bar.set_postfix(
-            loss=f"{total_loss / tokens:.4f}", tok_s=f"{tokens / (time.perf_counter() - start):.0f}"
-        )
-    return total_loss / max(tokens, 1), tokens, time.perf_counter() - start
+        return float(loss.detach())
+
+    return step
+
+
+def _ddp_step(
+    model: RecModel, opt: torch.optim.Optimizer, cfg: TrainConfig, gen: torch.Generator, shard: Shard
+) -> Callable[[Batch], float]:
+    """One DDP optimiser step on this rank's rows; returns the whole batch's loss (the shares summed)."""
+    ddp = wrap(model, lambda m, b, p: _batch_loss(m, b, cfg, gen, p))  # type: ignore[arg-type]
+
+    def step(batch: Batch) -> float:
+        ddp.train()
+        share = ddp(batch, shard.rows(len(batch.items)))
+        opt.zero_grad(set_to_none=True)
+        # DDP averages gradients over ranks; world_size x share makes that average the shares' sum.
+        (share * shard.world_size).backward()
+        opt.step()
+        return shard.sum(float(share.detach()))
+
+    return step
+
+
+def _validate(
+    model: RecModel, data: EvalSet, max_len: int, cfg: TrainConfig, shard: Shard | None
+) -> dict[str, float]:
+    """Validation metrics; with a shard each rank ranks its slice of users and the ranks are gathered."""
+    if shard is None:
+        return evaluate(model, data, max_len, cfg.eval_batch_size)
+    part = shard.rows(len(data))
+    hist = Sequences(data.histories.items[part], data.histories.timestamps[part])
+    local = compute_ranks(model, EvalSet(hist, data.targets[part]), max_len, cfg.eval_batch_size)
+    return metrics_from_ranks(shard.gather_rows(local, len(data)))
 
 
 def train(
@@ -244,32 +312,50 @@ def train(
     cfg: TrainConfig,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     checkpoint_dir: str | Path | None = None,
+    shard: Shard | None = None,
 ) -> TrainResult:
-    """Train with early stopping on validation NDCG@10; restore (and optionally save) the best weights."""
-    torch.manual_seed(cfg.seed)
+    """Train with early stopping on validation NDCG@10; restore (and optionally save) the best weights.
+
+    `shard`: train as that rank of the initialised process group (DDP, batch_size is the global batch);
+    every rank must call train with the same data and config.
+    """
+    main = shard is None or shard.is_main
+    if shard is not None:
+        rule = f"must be >= the {shard.world_size} DDP ranks it is split over"
+        require(cfg.batch_size >= shard.world_size, "TrainConfig", "batch_size", cfg.batch_size, rule)
+    torch.manual_seed(cfg.seed if shard is None else cfg.seed + shard.rank)  # dropout: own masks per rank
     rng, gen = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     max_len = model.config.max_len
     result, best_state, wall0 = TrainResult(stopped="max_epochs"), None, time.perf_counter()
+    step = _local_step(model, opt, cfg, gen) if shard is None else _ddp_step(model, opt, cfg, gen, shard)
     for epoch in range(1, cfg.max_epochs + 1):
-        loss, tokens, secs = _train_epoch(model, opt, train_data, cfg, max_len, rng, gen, f"epoch {epoch}")
-        metrics = evaluate(model, valid_data, max_len, cfg.eval_batch_size)
+        loss, tokens, secs, steps = _train_epoch(
+            train_data, cfg, max_len, rng, step, f"epoch {epoch}", cfg.progress and main
+        )
+        metrics = _validate(model, valid_data, max_len, cfg, shard)
         improved = metrics[SELECTION_METRIC] > result.best_metrics.get(SELECTION_METRIC, -1.0)
-        record = EpochRecord(epoch, loss, tokens / max(secs, 1e-9), secs, metrics, improved)
+        record = EpochRecord(epoch, loss, tokens / max(secs, 1e-9), secs, metrics, improved, tuple(steps))
         result.epochs.append(record)
         result.train_seconds += secs
         if improved:
             result.best_epoch, result.best_metrics = epoch, metrics
             best_state = copy.deepcopy(model.state_dict())
-        if on_epoch is not None:
+        if on_epoch is not None and main:
             on_epoch(record)
         if epoch - result.best_epoch >= cfg.patience:
             result.stopped = "patience"
             break
-        if cfg.time_budget_s is not None and time.perf_counter() - wall0 >= cfg.time_budget_s:
+        if cfg.time_budget_s is not None and _over_budget(wall0, cfg.time_budget_s, shard):
             result.stopped = "time_budget"
             break
-    return _finish(model, result, best_state, cfg, wall0, checkpoint_dir)
+    return _finish(model, result, best_state, cfg, wall0, checkpoint_dir if main else None)
+
+
+def _over_budget(wall0: float, budget_s: float, shard: Shard | None) -> bool:
+    """Whether the wall-clock budget is spent; under DDP rank 0's clock decides for every rank."""
+    over = time.perf_counter() - wall0 >= budget_s
+    return over if shard is None else shard.agree(over)
 
 
 def _finish(
