@@ -285,8 +285,8 @@ def _group_cumsum(values: np.ndarray, first: np.ndarray) -> np.ndarray:
 
 
 def _strictly_increasing(t: np.ndarray, user: np.ndarray) -> np.ndarray:
-    """Times made strictly increasing within each user (contiguous), moving an event only when needed,
-    so no two events of a user share a second (no exact duplicates) and each user's log is in order."""
+    """Sorted times made strictly increasing within each user (contiguous): a tie moves a second later,
+    so no two events of a user share a second (no exact duplicates can arise)."""
     g = np.arange(len(t), dtype=np.int64)
     shifted = t - g + (user - user.min()) * _KEY
     return np.maximum.accumulate(shifted) - (user - user.min()) * _KEY + g
@@ -322,8 +322,9 @@ def events_chunk(cfg: SynthConfig, cat: Catalogue, us: Users, lo: int, hi: int) 
     gaps[s["new"]] = 0.0
     offset = _group_cumsum(gaps, s["new"])
     t = s["start"][s["session"]] + offset.astype(np.int64)
-    t = _strictly_increasing(t, s["user"])
-    cluster = s["cluster"][s["session"]]
+    order = np.lexsort((t, s["user"]))  # overlapping sessions of a user interleave; users stay grouped
+    t = _strictly_increasing(t[order], s["user"])
+    cluster = s["cluster"][s["session"]][order]
     pos = pick_items(cat, cfg, t, cluster, rng)
     rating = np.full(len(t), np.nan)
     if cfg.ratings:

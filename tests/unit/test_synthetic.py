@@ -140,3 +140,13 @@ def test_settings_are_typed_and_unknown_names_rejected() -> None:
         with_settings(SMALL, ["nope=1"])
     with pytest.raises(SynthError, match=r"clusters = 'many' .*type int"):
         with_settings(SMALL, ["clusters=many"])
+
+
+def test_taste_clusters_give_order_signal() -> None:
+    log, cat = _log(SMALL), catalogue(SMALL)
+    cluster, user = cat.cluster[log["item_id"].to_numpy() - 1], log["user_id"].to_numpy()
+    same_user = user[1:] == user[:-1]
+    in_order = (cluster[1:] == cluster[:-1])[same_user].mean()
+    shuffled = cluster[np.lexsort((np.random.default_rng(0).random(len(user)), user))]
+    any_order = (shuffled[1:] == shuffled[:-1])[same_user].mean()
+    assert in_order > any_order + 0.1 and any_order > 2 / SMALL.clusters  # the next item follows the last
