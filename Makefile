@@ -29,7 +29,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GIT_PYTHON_REFRESH := quiet
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup system-deps services services-stop demo test test-fast lint mlflow-ui flows clean
+.PHONY: help setup system-deps services services-stop demo test test-production test-fast lint mlflow-ui flows clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -91,9 +91,13 @@ demo: $(STAMP) ## run the platform end to end on the shipped dataset (about 15 m
 	@echo "  Prefect UI   make flows, then http://127.0.0.1:4200 (every flow as a scheduled deployment)"
 	@echo "  serve        specrec serve (http://127.0.0.1:8000/docs)"
 
-test: $(STAMP) system-deps ## lint, then run the whole test suite
+test: $(STAMP) system-deps ## lint, the whole suite (embedded profile), then the integration tests on production
 	$(BIN)/ruff check specrec models flows benchmarks tests
 	$(BIN)/python -m pytest -q -ra
+	SPECREC_PROFILE=production $(BIN)/python -m pytest -q -ra tests/integration
+
+test-production: $(STAMP) system-deps ## the integration tests on the production profile (throw-away PostgreSQL + Redis)
+	SPECREC_PROFILE=production $(BIN)/python -m pytest -q -ra tests/integration
 
 test-fast: $(STAMP) ## unit tests only
 	$(BIN)/python -m pytest -q -ra tests/unit

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import platform
@@ -132,7 +133,28 @@ def model_config(kind: str, setup: Setup, n_items: int, loss: str) -> dict[str, 
     }
     if kind == "hstu":
         cfg.update(l2_norm=True, temperature=0.05)
+        cfg.update({k: v for k, v in FM_OVERRIDES.items() if k in ("l2_norm", "temperature")})
     return cfg
+
+
+# --fm-set KEY=VALUE: the FM's settings changed for an ablation (SASRec keeps the dataset's Setup)
+FM_OVERRIDES: dict[str, Any] = {}
+FM_KEYS = {"l2_norm": bool, "temperature": float, "pair_loss_weight": float, "dropout": float, "lr": float}
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """KEY=VALUE of --fm-set, typed; a clear error for an unknown key or a bad value."""
+    key, sep, value = text.partition("=")
+    if not sep or key not in FM_KEYS:
+        raise SystemExit(f"--fm-set {text!r}: expected KEY=VALUE with KEY one of {sorted(FM_KEYS)}")
+    if FM_KEYS[key] is bool:
+        if value.lower() not in ("true", "false"):
+            raise SystemExit(f"--fm-set {text!r}: {key} takes true or false")
+        return key, value.lower() == "true"
+    try:
+        return key, float(value)
+    except ValueError:
+        raise SystemExit(f"--fm-set {text!r}: {key} takes a number") from None
 
 
 def pair_cost(model: HSTU, sample: Sequences, max_len: int, n_cands: int = 100) -> dict[str, float]:
@@ -166,7 +188,7 @@ def train_config(kind: str, loss: str, setup: Setup, budget_s: float | None, max
         time_budget_s=budget_s,
         n_uniform_negatives=1024,
         n_inbatch_negatives=1024,
-        pair_loss_weight=0.1 if kind == "hstu" else 0.0,
+        pair_loss_weight=FM_OVERRIDES.get("pair_loss_weight", 0.1) if kind == "hstu" else 0.0,
         bf16_logits=True,
         random_windows=setup.random_windows,
         progress=False,
@@ -178,6 +200,9 @@ def run_one(
 ) -> dict[str, Any]:
     """Train one model under the budget; return test metrics at the best validation epoch, and costs."""
     train_data, valid, test = data
+    if kind == "hstu":
+        changed = {k: v for k, v in FM_OVERRIDES.items() if k in ("dropout", "lr")}
+        setup = dataclasses.replace(setup, **changed)
     torch.manual_seed(0)
     model = build_model(kind, model_config(kind, setup, n_items, loss))
     cfg = train_config(kind, loss, setup, budget_s, max_epochs)
@@ -207,7 +232,9 @@ def run_one(
             "valid_ndcg@10": round(result.best_metrics["ndcg@10"], 5),
             "valid_hr@10": round(result.best_metrics["hr@10"], 5),
             "test_eval_seconds": round(time.perf_counter() - t, 2),
-            "config": model_config(kind, setup, n_items, loss) | {"lr": setup.lr, "batch": setup.batch_size},
+            "config": model_config(kind, setup, n_items, loss)
+            | {"lr": setup.lr, "batch": setup.batch_size, "patience": setup.patience}
+            | ({"pair_loss_weight": cfg.pair_loss_weight} if kind == "hstu" else {}),
         }
     )
     if isinstance(model, HSTU):
@@ -257,12 +284,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: 1 minute, 3 epochs per model")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
     p.add_argument("--out", type=Path, default=RESULTS, help="results JSON (datasets merged into it)")
+    p.add_argument(
+        "--fm-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"change an FM setting for an ablation (repeatable): {sorted(FM_KEYS)}",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the selected datasets and merge their results into the JSON file."""
     args = parse_args(argv)
+    FM_OVERRIDES.update(parse_override(text) for text in args.fm_set)
     torch.set_num_threads(args.threads)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     for name in args.datasets.split(","):

@@ -15,6 +15,7 @@ from specrec.data import prepare, split
 from specrec.data.ingest import ingest
 from specrec.fm.train import TrainOutcome, train_fm
 from specrec.tracking import use_project_store
+from tests.conftest import write_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,13 +31,7 @@ class TinyProject:
         return self.cfg.root / "params.yaml"
 
 
-def _write_params(cfg: Config, path: Path) -> None:
-    """Write a Config back to YAML so subprocesses and flows load the same settings."""
-    import yaml
-
-    raw = dataclasses.asdict(cfg)
-    raw.pop("root")
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+_write_params = write_params  # (the name the project builders of other modules import)
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +52,7 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory, root: Path) -> TinyPr
     data = dataclasses.replace(cfg.data, path=str(root / cfg.data.path))
     cfg = dataclasses.replace(cfg, paths=paths, data=data, fm=fm, root=tmp)
     shutil.copytree(root / "features", tmp / "features", ignore=shutil.ignore_patterns("__pycache__"))
-    _write_params(cfg, tmp / "params.yaml")
+    cfg = write_params(cfg, tmp / "params.yaml")
     ingest(cfg)
     prepare.run(cfg)
     split.run(cfg)
@@ -68,7 +63,7 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory, root: Path) -> TinyPr
 @pytest.fixture
 def tiny(tiny_project: TinyProject) -> TinyProject:
     """The temp project, with MLflow pointed at its store for this test."""
-    use_project_store(tiny_project.cfg.root)
+    use_project_store(tiny_project.cfg)
     return tiny_project
 
 

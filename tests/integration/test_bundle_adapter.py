@@ -6,7 +6,6 @@ naming an adapter of another base is refused; several user_state writes on one d
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 
 import numpy as np
@@ -28,6 +27,7 @@ from specrec.nearline.store import apply, offline_dir
 from specrec.nearline.user_state import update_user_state
 from specrec.registry import CHAMPION
 from specrec.tracking import experiment_id
+from tests.conftest import copy_project
 from tests.integration.conftest import TinyProject
 from tests.integration.test_lora_flow import _params, _use
 
@@ -45,7 +45,7 @@ def adapted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     saved = {k: os.environ.get(k) for k in URI_KEYS}
     tiny_project: TinyProject = request.getfixturevalue("tiny_project")
     folder = tmp_path_factory.mktemp("bundle_adapter") / "project"
-    shutil.copytree(tiny_project.cfg.root, folder, ignore=shutil.ignore_patterns("feast", "kv_cache"))
+    copy_project(tiny_project.cfg, folder, ("feast", "kv_cache"))
     cfg = _params(folder, tolerance=0.99)  # fast lora settings; any challenger passes the gate
     client = mlflow.MlflowClient()
     out = run_cycle(cfg, AS_OF, progress=False)

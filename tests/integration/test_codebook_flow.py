@@ -27,6 +27,7 @@ from specrec.data.ingest import ingest
 from specrec.errors import DataError
 from specrec.fm.train import train_fm
 from specrec.tracking import experiment_id, use_project_store
+from tests.conftest import prefect_harness
 from tests.integration.conftest import _write_params
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -76,15 +77,13 @@ def project(tmp_path_factory: pytest.TempPathFactory, root: Path) -> Config:
 @pytest.fixture
 def proj(project: Config) -> Config:
     """The project with MLflow pointed at its store."""
-    use_project_store(project.root)
+    use_project_store(project)
     return project
 
 
 @pytest.fixture(scope="module")
 def harness() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
+    with prefect_harness():
         yield
 
 

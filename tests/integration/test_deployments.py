@@ -8,7 +8,6 @@ the tiny project, so the session's shared one is untouched."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,8 +21,9 @@ import pytest
 import mlflow
 from flows.deploy import DEPLOYMENTS, TIMEZONE, deployments
 from flows.local_server import running
+from specrec.config import load_config
 from specrec.errors import SpecrecError
-from tests.conftest import require
+from tests.conftest import copy_project, prefect_database, require
 from tests.integration.conftest import TinyProject
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -34,7 +34,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prefect server in a temp home; its API URL. Fails in CI, skips locally, if it cannot start."""
     from specrec.online.check import free_port
 
-    server = running(tmp_path_factory.mktemp("prefect-home"), "127.0.0.1", free_port(), timeout_s=90)
+    home, database = tmp_path_factory.mktemp("prefect-home"), prefect_database()
+    server = running(home, "127.0.0.1", free_port(), timeout_s=90, database_url=database)
     try:
         url = server.__enter__()
     except SpecrecError as e:
@@ -56,12 +57,10 @@ def client(server: str) -> Iterator[object]:
 @pytest.fixture
 def project(tiny: TinyProject, tmp_path: Path) -> Path:
     """A copy of the tiny project (its params.yaml) with the Feast store applied."""
-    from specrec.config import load_config
     from specrec.nearline.store import apply
 
     root = tmp_path / "project"
-    shutil.copytree(tiny.cfg.root, root, ignore=shutil.ignore_patterns("__pycache__"))
-    apply(load_config(root / "params.yaml"))
+    apply(copy_project(tiny.cfg, root))
     return root / "params.yaml"
 
 
@@ -158,7 +157,7 @@ def test_triggered_run_completes_with_the_scheduled_as_of(
     as_of = pd.Timestamp(run.expected_start_time).tz_convert("UTC").floor("s").isoformat()
     from specrec.tracking import experiment_id, use_project_store
 
-    use_project_store(project.parent)
+    use_project_store(load_config(project))
     written = mlflow.search_runs(
         [experiment_id(project.parent, "materialize")], "tags.view = 'item_stats'", output_format="list"
     )

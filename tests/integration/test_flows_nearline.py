@@ -20,6 +20,7 @@ from specrec.nearline.materialize import load_fm
 from specrec.nearline.store import apply
 from specrec.nearline.user_state import encode_users, extend_user
 from specrec.tracking import experiment_id
+from tests.conftest import prefect_harness
 from tests.integration.conftest import TinyProject
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -27,9 +28,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def harness() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
+    with prefect_harness():
         yield
 
 

@@ -25,6 +25,7 @@ from specrec.lora import adapters
 from specrec.lora.finetune import EXPERIMENT, METRIC_KEYS, run_cycle
 from specrec.registry import CHAMPION, alias_version
 from specrec.tracking import experiment_id, use_project_store
+from tests.conftest import copy_project, prefect_harness
 from tests.integration.conftest import TinyProject
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -35,7 +36,7 @@ CYCLE_1, CYCLE_2, CYCLE_3 = "2018-01-29", "2018-02-26", "2018-03-26"
 def _project(tiny: TinyProject, folder: Path, **lora: object) -> Config:
     """A copy of the tiny project (its own MLflow store) with lora settings changed."""
     if not folder.exists():
-        shutil.copytree(tiny.cfg.root, folder, ignore=shutil.ignore_patterns("feast", "kv_cache"))
+        copy_project(tiny.cfg, folder, ("feast", "kv_cache"))
     return _params(folder, **lora)
 
 
@@ -51,7 +52,7 @@ def _use(cfg: Config) -> Config:
     """Point MLflow at this project's store (use_project_store prefers an inherited MLFLOW_TRACKING_URI)."""
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         os.environ.pop(key, None)
-    use_project_store(cfg.root)
+    use_project_store(cfg)
     return cfg
 
 
@@ -184,9 +185,7 @@ def test_missing_and_corrupt_champion_are_named(tiny: TinyProject, tmp_path: Pat
 
 @pytest.fixture(scope="module")
 def harness() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
+    with prefect_harness():
         yield
 
 

@@ -21,6 +21,7 @@ from specrec.nearline.store import apply
 from specrec.replay.run import SimClock, next_events, replay
 from specrec.replay.traffic import METRIC_KEYS
 from specrec.tracking import experiment_id, use_project_store
+from tests.conftest import prefect_harness
 from tests.integration.cycle_project import cycle_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -28,16 +29,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def harness() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
+    with prefect_harness():
         yield
 
 
 @pytest.fixture(scope="module")
 def replayed(tmp_path_factory: pytest.TempPathFactory, root: Path, harness: None) -> tuple[Config, list]:  # type: ignore[type-arg]
     cfg = cycle_project(tmp_path_factory, root)
-    use_project_store(cfg.root)
+    use_project_store(cfg)
     apply(cfg)
     return cfg, replay(cfg, cfg.root / "params.yaml", 2)
 

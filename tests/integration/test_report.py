@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import struct
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from specrec.clock import ReplayClock, to_utc
 from specrec.config import Config, load_config
 from specrec.report.build import build_report
 from specrec.tracking import experiment_id, use_project_store
+from tests.conftest import copy_project, prefect_harness
 from tests.integration.conftest import TinyProject
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -36,9 +36,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def harness() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
+    with prefect_harness():
         yield
 
 
@@ -46,7 +44,7 @@ def _use(cfg: Config) -> Config:
     """Point MLflow at this project's store (an inherited MLFLOW_TRACKING_URI would win otherwise)."""
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         os.environ.pop(key, None)
-    use_project_store(cfg.root)
+    use_project_store(cfg)
     return cfg
 
 
@@ -83,7 +81,7 @@ def project(tiny_project: TinyProject, harness: None, tmp_path_factory: pytest.T
 
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("report") / "project"
-    shutil.copytree(tiny_project.cfg.root, folder, ignore=shutil.ignore_patterns("feast", "kv_cache"))
+    copy_project(tiny_project.cfg, folder, ("feast", "kv_cache"))
     params = str(_params(folder))
     cfg = _use(load_config(Path(params)))
     apply(cfg)
@@ -193,7 +191,7 @@ def _replay_run(cfg: Config, k: int, p50: float, drop: str = "") -> None:
 
 def test_replay_runs_are_drawn_and_runs_out_of_line_are_flagged(proj: Config, tmp_path: Path) -> None:
     copy = tmp_path / "project"
-    shutil.copytree(proj.root, copy, ignore=shutil.ignore_patterns("feast", "kv_cache", "data"))
+    copy_project(proj, copy, ("feast", "kv_cache", "data"))
     cfg = _use(load_config(copy / "params.yaml"))
     _replay_run(cfg, 1, 4.0)
     _replay_run(cfg, 2, 6.0)

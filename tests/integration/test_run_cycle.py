@@ -18,6 +18,7 @@ from specrec.nearline import bundles
 from specrec.nearline.store import apply
 from specrec.replay.cycle import resolve_as_of
 from specrec.tracking import experiment_id, use_project_store
+from tests.conftest import prefect_harness
 from tests.integration.cycle_project import cycle_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -28,16 +29,14 @@ EXPERIMENTS = ("lora-finetune", "speculation", "materialize", "cycle")
 
 @pytest.fixture(scope="module")
 def harness() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
+    with prefect_harness():
         yield
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, root: Path) -> Config:
     cfg = cycle_project(tmp_path_factory, root)
-    use_project_store(cfg.root)
+    use_project_store(cfg)
     apply(cfg)
     return cfg
 

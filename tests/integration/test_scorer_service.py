@@ -32,7 +32,7 @@ def served(tiny_project: TinyProject) -> Iterator[tuple[str, object]]:
     from specrec.tracking import use_project_store
 
     cfg = tiny_project.cfg
-    use_project_store(cfg.root)
+    use_project_store(cfg)
     store, client = apply(cfg), mlflow.MlflowClient()
     as_of = ReplayClock.from_config(cfg.clock).cycle(1).as_of
     bundle = bundles.register(

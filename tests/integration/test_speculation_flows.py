@@ -28,6 +28,7 @@ from specrec.speculation.pairs import PrecomputeError
 from specrec.speculation.precompute import precompute_window, write_rows
 from specrec.speculation.registry import REGISTERED_MODEL, load_champion
 from specrec.tracking import experiment_id
+from tests.conftest import prefect_harness
 from tests.integration.conftest import TinyProject
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -35,9 +36,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def harness() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
+    with prefect_harness():
         yield
 
 
@@ -48,7 +47,7 @@ def trained(tiny_project: TinyProject, harness: None) -> dict:  # type: ignore[t
 
     torch.set_num_threads(1)
     cfg = tiny_project.cfg
-    use_project_store(cfg.root)
+    use_project_store(cfg)
     store, client = apply(cfg), mlflow.MlflowClient()
     clock = ReplayClock.from_config(cfg.clock)
     parts = bundles.champion_parts(client) | {"codebook": "speculation-test"}
