@@ -92,10 +92,12 @@ class ShardLoss(nn.Module):
         return self.loss(self.model, batch, part)
 
 
-def wrap(model: nn.Module, loss: Callable[[nn.Module, Batch, slice], torch.Tensor]) -> nn.Module:
+def wrap(
+    model: nn.Module, loss: Callable[[nn.Module, Batch, slice], torch.Tensor], find_unused: bool
+) -> nn.Module:
     """DistributedDataParallel over ShardLoss (CPU, gloo); rank 0's weights are broadcast to all ranks.
 
-    find_unused_parameters: the pair head's candidate marker is unused when pair_loss_weight is 0, and a
-    rank whose slice of a small last batch is empty uses nothing.
+    `find_unused`: some parameters get no gradient in a step (e.g. HSTU's candidate marker when the pair
+    loss is off); DDP then walks the autograd graph every step to find them.
     """
-    return nn.parallel.DistributedDataParallel(ShardLoss(model, loss), find_unused_parameters=True)
+    return nn.parallel.DistributedDataParallel(ShardLoss(model, loss), find_unused_parameters=find_unused)

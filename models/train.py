@@ -279,7 +279,10 @@ def _ddp_step(
     model: RecModel, opt: torch.optim.Optimizer, cfg: TrainConfig, gen: torch.Generator, shard: Shard
 ) -> Callable[[Batch], float]:
     """One DDP optimiser step on this rank's rows; returns the whole batch's loss (the shares summed)."""
-    ddp = wrap(model, lambda m, b, p: _batch_loss(m, b, cfg, gen, p))  # type: ignore[arg-type]
+    # Only the pair loss uses HSTU's candidate marker; every other parameter feeds each step's loss, also
+    # on a rank left without rows (its zero loss still runs the model on an empty slice).
+    find_unused = not (isinstance(model, HSTU) and cfg.pair_loss_weight > 0)
+    ddp = wrap(model, lambda m, b, p: _batch_loss(m, b, cfg, gen, p), find_unused)  # type: ignore[arg-type]
 
     def step(batch: Batch) -> float:
         ddp.train()

@@ -1,6 +1,7 @@
 """FM training under torchrun: two gloo ranks (real processes, `specrec fm train --nproc 2`, which runs
-`torchrun --standalone`) follow the loss curve of one process on the same global batch and end with the
-same weights; only rank 0 logs to MLflow and registers."""
+`torchrun --standalone`) follow the loss curve of one process on the same global batch (the shipped
+params' loss, pair loss and random windows, dropout off) and end with the same weights; only rank 0 logs
+to MLflow and registers."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import mlflow
 from specrec.config import Config, PathsConfig, load_config
 from specrec.data import prepare, split
 from specrec.data.ingest import ingest
+from specrec.fm.data import load_loo
 from specrec.fm.train import EXPERIMENT, RUN_FILE, train_fm
 from specrec.tracking import use_project_store
 
@@ -29,13 +31,15 @@ SPECREC = str(Path(sys.executable).parent / "specrec")
 # Per-step loss of 2 ranks vs 1 process (dropout 0): float rounding only, measured ~1e-6 (docs/operations.md)
 LOSS_RTOL = 1e-4
 WEIGHT_ATOL = 1e-4
+# 581 training users = 10 x 58 + 1: every epoch has a one-row batch, so rank 1 also steps with no rows
+BATCH = 58
 
 
 def _project(root: Path, tmp: Path) -> Config:
     """The shipped data through ingest/prepare/split in `tmp`, with a tiny FM and dropout off."""
     cfg = load_config(root / "params.yaml")
     paths = PathsConfig(**{f.name: f"data/{f.name}" for f in dataclasses.fields(PathsConfig)})
-    train = dataclasses.replace(cfg.fm.train, max_epochs=2, batch_size=64, time_budget_s=None)
+    train = dataclasses.replace(cfg.fm.train, max_epochs=2, batch_size=BATCH, time_budget_s=None)
     fm = dataclasses.replace(cfg.fm, dim=16, max_len=30, n_layers=1, dropout=0.0, train=train)
     data = dataclasses.replace(cfg.data, path=str(root / cfg.data.path))
     cfg = dataclasses.replace(cfg, paths=paths, data=data, fm=fm, root=tmp)
@@ -46,6 +50,9 @@ def _project(root: Path, tmp: Path) -> Config:
     ingest(cfg)
     prepare.run(cfg)
     split.run(cfg)
+    loo = load_loo(cfg.path(cfg.paths.split), cfg.path(cfg.paths.prepared))
+    users = int((loo.train.lengths() >= 2).sum())
+    assert users % BATCH == 1, f"{users} training users: pick a batch size that leaves a batch of one row"
     return cfg
 
 
