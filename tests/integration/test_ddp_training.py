@@ -109,6 +109,7 @@ def test_two_ranks_follow_the_single_process_loss_curve(
 
     a, b = load_file(str(tmp_path / "single.safetensors")), load_file(str(fm_dir / "model.safetensors"))
     assert a.keys() == b.keys()
+    print(f"max abs weight diff {max(float((a[k] - b[k]).abs().max()) for k in a):.2e}")
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=WEIGHT_ATOL, msg=name)
     assert client.get_run(ddp_run).data.metrics["best_val_ndcg_at_10"] == pytest.approx(
