@@ -67,3 +67,13 @@ def test_rank_shares_add_up_to_the_one_process_loss_and_gradient(
     assert total == pytest.approx(whole, rel=1e-5)
     for n, g in whole_grads.items():
         torch.testing.assert_close(summed[n], g, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_torchrun_environment_is_read_or_refused_in_one_line() -> None:
+    from specrec.errors import SpecrecError
+    from specrec.fm.distributed import torchrun_world
+
+    assert torchrun_world({}) is None
+    assert torchrun_world({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}) == (1, 2)
+    with pytest.raises(SpecrecError, match="RANK set but WORLD_SIZE, LOCAL_RANK not"):
+        torchrun_world({"RANK": "0"})
