@@ -1,42 +1,56 @@
-"""Freshness benchmark: frozen base, daily LoRA adapter and daily full retrain, judged on the next cycle.
+"""Freshness benchmark: frozen base, daily LoRA and daily full retrain, each judged on the next cycle.
 
 Over the replay cycles of the shipped data (params.yaml `clock`), at each cycle's as_of:
-  (a) frozen: the FM trained once on history (events before clock.start), never updated;
-  (b) lora:   what the daily_lora_finetune flow serves: an adapter on that frozen base trained on the
-              cycle's events (minus the gate's holdout) plus an experience-replay sample (params.yaml
-              `lora`, new items' rows trained, warm-started from the champion adapter), promoted by the
-              same gate rule (holdout NDCG@10 not worse than the bare base and the champion); the
-              champion adapter, or the bare base while there is none, is what is judged. Its CPU
-              seconds include the gate's scoring. For reference `lora_ungated`: an adapter trained on
-              the whole cycle and always served (warm-started from the previous one);
-  (c) full:   the FM retrained from scratch on every event known at as_of (same model and optimisation);
-each is scored on the *next* cycle's events (next-event NDCG@10 / HR@10, history = the user's earlier
-events, seen items excluded, all items ranked). CPU seconds (time.process_time, one torch thread) are
-those of the cycle's training. gain_recovered = mean(lora - frozen) / mean(full - frozen) over NDCG@10;
-compute_ratio = sum(lora CPU) / sum(full CPU). Writes benchmarks/results/freshness.json (the issue's shape),
-freshness_details.json (HR@10, the ungated adapter, gate decisions, set-up, machine) and freshness.png,
+  (a) frozen: the FM trained once on history (every event before clock.start) by the FM recipe, never
+      updated: the champion the pipeline trains at the initial cutoff;
+  (b) lora:   the real daily path: `specrec.lora.finetune.run_cycle` (what the `daily_lora_finetune`
+      flow's fine-tune task runs) against a throw-away MLflow store in which (a) is specrec-fm@champion:
+      adapter on the cycle minus its gate holdout plus experience replay (params.yaml `lora`), warm start,
+      gate, registration; what serves afterwards (`adapters.serving_model`: the champion adapter merged
+      into the base, or the bare base) is judged. ADWIN and the retrain it may trigger are not part of
+      this arm (that would mix arm (c) into it);
+  (c) full:   the FM retrained from scratch by the same recipe (`specrec.lora.retrain.train_base`, what
+      `retrain_base` runs; params.yaml `fm`: model, loss, pair loss, random windows, early stopping) on
+      every event known at as_of.
+The recipe's wall-clock budget (fm.train.time_budget_s) is replaced by the epoch count it gave the
+pipeline's champion (data/metrics/train_fm.json, or --epochs), so every training gets the same
+optimisation whatever the machine's load; early stopping (fm.train.patience) still applies.
+
+All arms are scored on the same events: every event of the next cycle whose user has history
+(next-event NDCG@10 / HR@10, seen items excluded, all items ranked). CPU seconds are process CPU seconds
+(time.process_time, one torch thread) of the training only: the adapter's fine-tuning loop
+(`train_cpu_s` of run_cycle) and the full retrain's optimisation with its per-epoch validation; data
+preparation, gate scoring and MLflow are reported apart. gain_recovered = mean(lora - frozen) /
+mean(full - frozen) over cycles' NDCG@10 (the issue's formula); compute_ratio = sum(lora CPU) / sum(full
+CPU). As the per-cycle samples are small (a few hundred events of 5-17 users), a paired bootstrap that
+resamples users within each cycle gives 95% intervals for both gains, their difference and the ratio.
+
+Trained FMs are cached under --cache (keyed by the recipe and the exact training events; the CPU
+seconds recorded are those of the run that trained them), so the LoRA arm can be rerun cheaply.
+Writes benchmarks/results/freshness.json (the issue's shape), freshness_details.json and freshness.png,
 and logs them to the MLflow experiment `freshness-benchmark`.
 
-The FM is sized for a 2-core CPU (--dim, --max-len, --layers, --epochs; defaults below) so the whole run
-takes minutes; the flows use params.yaml's fm section.
-
     python benchmarks/freshness.py                        # ml-latest-small, all replay cycles
-    python benchmarks/freshness.py --cycles 4             # the first 4 comparisons only
+    python benchmarks/freshness.py --cycles 2             # the first 2 comparisons only
     python benchmarks/freshness.py --sequence ../shared/data/amazon/Toys_and_Games.txt --cycles 5
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import platform
 import shlex
+import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,21 +62,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from models import lora  # noqa: E402
 from models.hstu import HSTU  # noqa: E402
-from models.train import TrainConfig, build_model, train  # noqa: E402
-from specrec.clock import Cycle, ReplayClock  # noqa: E402
+from models.train import EpochRecord, load_checkpoint  # noqa: E402
+from specrec.clock import Cycle, EventLog, ReplayClock  # noqa: E402
 from specrec.config import ClockConfig, Config, load_config  # noqa: E402
-from specrec.data.split import leave_one_out  # noqa: E402
-from specrec.fm.data import load_loo  # noqa: E402
-from specrec.fm.replay_eval import next_event_metrics  # noqa: E402
+from specrec.fm.replay_eval import cycle_targets  # noqa: E402
 from specrec.io import read_parquet  # noqa: E402
-from specrec.lora.adapters import passes  # noqa: E402
-from specrec.lora.data import cycle_data  # noqa: E402
-from specrec.lora.evaluate import score  # noqa: E402
-from specrec.lora.finetune import spec  # noqa: E402
+from specrec.lora.evaluate import event_ranks, target_users  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "freshness.json"
+CACHE = REPO / "logs" / "freshness_cache"
 EXPERIMENT = "freshness-benchmark"
+ARMS = ("frozen", "lora", "full")
+# references, scored like the arms: the cycle's adapter whatever the gate said, and the frozen base's recipe
+# with another seed (its "gain" over the frozen base is training noise alone)
+REFERENCES = ("challenger", "reseeded")
 
 
 # ---- data -----------------------------------------------------------------------------------------------
@@ -98,169 +112,340 @@ def sequence_project(cfg: Config, path: Path, step: str, n_cycles: int, tmp: Pat
     return seq_cfg
 
 
-# ---- the three variants -----------------------------------------------------------------------------------
+def champion_epochs(cfg: Config) -> int:
+    """The epochs the pipeline's champion trained (its wall-clock budget's worth), from train_fm.json."""
+    path = cfg.path(cfg.paths.metrics) / "train_fm.json"
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: run `dvc repro train_fm` first, or pass --epochs N.")
+    return int(json.loads(path.read_text())["epochs"])
 
 
-@dataclasses.dataclass(frozen=True)
-class Setup:
-    """The benchmark's FM size and budgets."""
-
-    model: dict[str, Any]
-    train: TrainConfig
+def recipe(cfg: Config, epochs: int) -> Config:
+    """cfg with the FM recipe's wall-clock budget replaced by a fixed epoch budget (patience kept)."""
+    train = dataclasses.replace(cfg.fm.train, max_epochs=epochs, time_budget_s=None)
+    return dataclasses.replace(cfg, fm=dataclasses.replace(cfg.fm, train=train))
 
 
-def train_full(cfg: Config, known: pd.DataFrame, setup: Setup) -> tuple[HSTU, float]:
-    """An FM trained from scratch on `known` (leave-one-out validation for early stopping); CPU seconds."""
-    cpu0 = time.process_time()
-    with tempfile.TemporaryDirectory() as tmp:
-        leave_one_out(known, cfg.split.loo_min_events).to_parquet(Path(tmp) / "loo.parquet", index=False)
-        data = load_loo(Path(tmp), cfg.path(cfg.paths.prepared))
-    torch.manual_seed(setup.train.seed)  # the initial weights too, not only the training order
-    model = build_model("hstu", setup.model | {"n_items": data.n_items})
-    train(model, data.train, data.valid, setup.train)
-    assert isinstance(model, HSTU)
-    return model.eval(), time.process_time() - cpu0
-
-
-def train_lora(
-    cfg: Config, base: HSTU, known: pd.DataFrame, cycle: Cycle, warm: Any, holdout_share: float
-) -> tuple[Any, Any, float]:
-    """An adapter on the frozen base (warm-started from `warm`), the cycle minus its holdout; CPU seconds."""
-    cpu0 = time.process_time()
-    lc, cutoff = cfg.lora, ReplayClock.from_config(cfg.clock).start
-    seed = lc.seed + cycle.index
-    data = cycle_data(known, cycle, cutoff, base.config.max_len, holdout_share, lc.replay_share, seed)
-    model = lora.wrap(base, spec(cfg, data.new_items), lc.seed)
-    if warm is not None:
-        lora.warm_start(model, warm)
-    if data.new_events >= lc.min_events and data.new_windows:
-        lora.finetune(
-            model,
-            data.windows,
-            lc.epochs,
-            lc.lr,
-            lc.batch_size,
-            lc.weight_decay,
-            cfg.fm.train.loss,
-            lc.seed,
-            progress=False,
-        )
-    return model, data, time.process_time() - cpu0
+# ---- arm (a) and (c): the FM recipe, cached --------------------------------------------------------------
 
 
 @dataclasses.dataclass
-class DailyLora:
-    """The daily LoRA flow without the registry: train, gate on the holdout, serve the champion."""
+class Trained:
+    """A trained FM, the folder holding its checkpoint and id map, and what its training cost."""
 
-    champion: Any = None  # the champion adapter (None: the bare base serves)
+    model: HSTU
+    folder: Path
+    meta: dict[str, Any]
 
-    def step(self, cfg: Config, base: HSTU, known: pd.DataFrame, cycle: Cycle) -> tuple[Any, float, str]:
-        """Run one cycle; return the model that serves afterwards, CPU seconds and the decision."""
-        cpu0, lc, max_len = time.process_time(), cfg.lora, base.config.max_len
-        model, data, _ = train_lora(cfg, base, known, cycle, self.champion, lc.holdout_share)
-        if data.new_events < lc.min_events or not data.new_windows:
-            return self.champion or base, time.process_time() - cpu0, "skipped"
-        challenger = score(model, known, data.holdout, max_len).ndcg
-        floor = score(base, known, data.holdout, max_len).ndcg
-        held = None if self.champion is None else score(self.champion, known, data.holdout, max_len).ndcg
-        decision = "rejected"
-        if passes(challenger, held, floor, lc.tolerance):
-            self.champion, decision = model, "promoted"
-        return self.champion or base, time.process_time() - cpu0, decision
+    @property
+    def cpu_s(self) -> float:
+        """Process CPU seconds of the training (as recorded by the run that trained it)."""
+        return float(self.meta["cpu_s"])
 
 
-def next_cycle_metrics(model: Any, events: pd.DataFrame, cycle: Cycle, max_len: int) -> dict[str, float]:
-    """NDCG@10 and HR@10 on the events of `cycle`."""
-    m = next_event_metrics(model, events[events["timestamp"] < cycle.as_of], cycle, max_len, ks=(10,))
+def cache_key(cfg: Config, known: pd.DataFrame) -> str:
+    """Digest of the FM recipe and the exact training events."""
+    h = hashlib.sha256(json.dumps(dataclasses.asdict(cfg.fm), sort_keys=True).encode())
+    cols = known[["user_idx", "item_idx", "timestamp"]].sort_values(["user_idx", "timestamp", "item_idx"])
+    h.update(pd.util.hash_pandas_object(cols, index=False).to_numpy().tobytes())
+    h.update(str(cfg.split.loo_min_events).encode())
+    return h.hexdigest()[:16]
+
+
+def train_fm_recipe(cfg: Config, known: pd.DataFrame, cache: Path) -> Trained:
+    """The FM recipe on `known` (specrec.lora.retrain.train_base), or the cached result of the same."""
+    from specrec.lora.retrain import train_base
+
+    folder = cache / cache_key(cfg, known)
+    meta_file = folder / "meta.json"
+    if meta_file.exists():
+        model = load_checkpoint(folder)
+        assert isinstance(model, HSTU)
+        return Trained(model, folder, json.loads(meta_file.read_text()) | {"cached": True})
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    curve: list[float] = []
+
+    def on_epoch(rec: EpochRecord) -> None:
+        curve.append(rec.metrics["ndcg@10"])
+
+    model, result, cpu_s = train_base(cfg, known, folder, progress=False, on_epoch=on_epoch)
+    assert isinstance(model, HSTU), "the freshness benchmark needs fm.model: hstu"
+    meta = {
+        "cpu_s": cpu_s,
+        "events": len(known),
+        "last_event": known["timestamp"].max().isoformat(),
+        "epochs": result.n_epochs,
+        "best_epoch": result.best_epoch,
+        "stopped": result.stopped,
+        "val_ndcg@10_by_epoch": curve,
+    }
+    meta_file.write_text(json.dumps(meta, indent=2) + "\n")
+    return Trained(model.eval(), folder, meta | {"cached": False})
+
+
+# ---- arm (b): the daily LoRA flow's code path on a throw-away MLflow store --------------------------------
+
+
+@contextlib.contextmanager
+def mlflow_store(root: Path) -> Iterator[None]:
+    """MLflow pointed at `root`/mlflow (tracking and registry) inside the block, restored afterwards."""
+    import mlflow
+    from specrec.tracking import local_uri, use_project_store
+
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {k: os.environ.get(k) for k in keys}
+    old = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    os.environ.update(dict.fromkeys(keys, local_uri(root)))
+    use_project_store(root)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        mlflow.set_tracking_uri(old[0])
+        mlflow.set_registry_uri(old[1])
+
+
+def lora_project(cfg: Config, root: Path) -> Config:
+    """cfg with its own root (MLflow store) and absolute data paths, so run_cycle reads the same events."""
+    absolute = {f.name: str(cfg.path(getattr(cfg.paths, f.name))) for f in dataclasses.fields(cfg.paths)}
+    paths = dataclasses.replace(cfg.paths, **absolute)
+    return dataclasses.replace(cfg, paths=paths, root=root)
+
+
+def register_champion(root: Path, base: Trained, cutoff: pd.Timestamp) -> str:
+    """Register the frozen base as specrec-fm@champion (tagged with its training cutoff); its version."""
+    import mlflow
+    from specrec.fm.train import EXPERIMENT as FM_EXPERIMENT
+    from specrec.fm.train import REGISTERED_MODEL, _log_model
+    from specrec.lora.adapters import CUTOFF
+    from specrec.registry import CHAMPION
+    from specrec.tracking import experiment_id
+
+    name = cutoff.date().isoformat()
+    with mlflow.start_run(experiment_id=experiment_id(root, FM_EXPERIMENT), run_name=name):
+        mlflow.set_tags({"as_of": cutoff.isoformat(), "stage": "freshness_benchmark"})
+        version = _log_model(base.folder)
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag(REGISTERED_MODEL, version, CUTOFF, cutoff.isoformat())
+    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
+    return version
+
+
+def lora_step(cfg: Config, cycle: Cycle) -> tuple[HSTU, HSTU | None, dict[str, Any]]:
+    """One daily cycle through run_cycle; the model that serves after it, the challenger, the figures."""
+    import mlflow
+    from specrec.lora import adapters
+    from specrec.lora.finetune import run_cycle
+
+    cpu0 = time.process_time()
+    out = run_cycle(cfg, cycle.as_of, flow_run_id="freshness-benchmark", progress=False)
+    cycle_cpu = time.process_time() - cpu0
+    client = mlflow.MlflowClient()
+    served, parts = adapters.serving_model(client)
+    challenger = None
+    if out.adapter_version is not None:
+        challenger = lora.merge(adapters.load_adapter(client, out.adapter_version).model)
+    train_cpu = out.metrics.get("train_cpu_s", math.nan)
+    return (
+        served,
+        challenger,
+        {
+            "lora_cpu_s": 0.0 if math.isnan(train_cpu) else float(train_cpu),
+            "lora_cycle_cpu_s": cycle_cpu,
+            "lora_gate": out.status,
+            "lora_gate_reason": out.reason,
+            "lora_serving_adapter": parts["adapter"],
+            "lora_train_targets": out.metrics.get("train_targets", math.nan),
+            "lora_new_item_rows": out.metrics.get("new_item_rows", math.nan),
+        },
+    )
+
+
+# ---- evaluation ------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+    """The scored events of one cycle: their users, and for each arm each event's rank."""
+
+    users: np.ndarray  # (N,)
+    ranks: dict[str, np.ndarray]  # arm -> (N,) 0-based ranks
+
+    def ndcg(self, arm: str) -> np.ndarray:
+        """Per-event NDCG@10."""
+        r = self.ranks[arm].astype(np.float64)
+        return np.where(r < 10, 1.0 / np.log2(r + 2), 0.0)
+
+    def hr(self, arm: str) -> np.ndarray:
+        """Per-event hit@10."""
+        return (self.ranks[arm] < 10).astype(np.float64)
+
+
+def ranks(model: HSTU, events: pd.DataFrame, window: Cycle) -> np.ndarray:
+    """0-based ranks of the window's events (next-event protocol, all items, seen items excluded)."""
+    return event_ranks(model, events, window, model.config.max_len).numpy()
+
+
+def target_mix(events: pd.DataFrame, window: Cycle, cutoff: pd.Timestamp) -> dict[str, float]:
+    """Share of the window's scored targets on items first seen after the base's cutoff: before the
+    window (learnable by a daily update) or inside it (learnable by nobody)."""
+    _, targets, _ = cycle_targets(EventLog(events), window)
+    first = events.groupby("item_idx")["timestamp"].min().reindex(targets).to_numpy()
+    n = max(len(targets), 1)
     return {
-        "ndcg@10": m.get("ndcg@10", math.nan),
-        "hr@10": m.get("hr@10", math.nan),
-        "events": m["events_scored"],
+        "targets_new_since_cutoff": float(((first >= cutoff) & (first < window.start)).sum() / n),
+        "targets_new_in_window": float((first >= window.start).sum() / n),
+    }
+
+
+def _ci(x: np.ndarray) -> list[float]:
+    """The 2.5th and 97.5th percentiles."""
+    return [float(np.percentile(x, 2.5)), float(np.percentile(x, 97.5))]
+
+
+def paired_bootstrap(sets: list[EvalSet], n_boot: int, seed: int = 0) -> dict[str, Any]:
+    """95% intervals of mean-over-cycles NDCG@10 gains over the frozen base, resampling users (with all
+    their events, the same users for every arm) within each cycle."""
+    rng = np.random.default_rng(seed)
+    arms = list(sets[0].ranks)
+    means = {arm: np.zeros((n_boot, len(sets))) for arm in arms}
+    for c, s in enumerate(sets):
+        users, inverse = np.unique(s.users, return_inverse=True)
+        counts = np.bincount(inverse, minlength=len(users)).astype(np.float64)
+        w = rng.multinomial(len(users), np.full(len(users), 1 / len(users)), size=n_boot)  # (B, U)
+        den = np.maximum(w @ counts, 1e-12)  # (B,)
+        for arm in arms:
+            means[arm][:, c] = (w @ np.bincount(inverse, weights=s.ndcg(arm), minlength=len(users))) / den
+    gains = {a: (means[a] - means["frozen"]).mean(axis=1) for a in arms if a != "frozen"}  # (B,) each
+    ratio = gains["lora"] / np.where(gains["full"] == 0, np.nan, gains["full"])
+    return {
+        "resamples": n_boot,
+        "unit": "user within cycle",
+        **{f"{a}_gain_ci95": _ci(g) for a, g in gains.items()},
+        **{f"p_{a}_gain_positive": float((g > 0).mean()) for a, g in gains.items()},
+        "lora_minus_full_ci95": _ci(gains["lora"] - gains["full"]),
+        # a ratio interval only means something when the denominator stays away from 0
+        "gain_recovered_ci95": _ci(ratio) if (gains["full"] > 0).all() else None,
     }
 
 
 # ---- the run ---------------------------------------------------------------------------------------------
 
 
-def run(cfg: Config, setup: Setup, n_compare: int, progress: bool = True) -> dict[str, Any]:
-    """Train the frozen base, then per cycle the adapter and the full retrain; score all on the next cycle."""
+def run(cfg: Config, n_compare: int, cache: Path, n_boot: int, progress: bool = True) -> dict[str, Any]:
+    """Frozen base once, then per cycle the daily LoRA step and the full retrain; all scored on the next."""
     from tqdm import tqdm
 
     events = read_parquet(cfg.path(cfg.paths.prepared) / "interactions.parquet", "prepared interactions")
     clock = ReplayClock.from_config(cfg.clock)
-    frozen, base_cpu = train_full(cfg, events[events["timestamp"] < clock.start], setup)
-    max_len = frozen.config.max_len
-    rows, daily, raw = [], DailyLora(), None
+    history = events[events["timestamp"] < clock.start]
+    frozen = train_fm_recipe(cfg, history, cache)
+    reseed = dataclasses.replace(cfg.fm.train, seed=cfg.fm.train.seed + 1)
+    other_seed = dataclasses.replace(cfg, fm=dataclasses.replace(cfg.fm, train=reseed))
+    reseeded = train_fm_recipe(other_seed, history, cache)
+    rows: list[dict[str, Any]] = []
+    sets: list[EvalSet] = []
     cycles = clock.cycles()[: n_compare + 1]
-    for cycle, nxt in tqdm(
-        list(zip(cycles[:-1], cycles[1:], strict=True)), desc="cycles", disable=not progress
-    ):
-        known = events[events["timestamp"] < cycle.as_of]
-        served, lora_cpu, decision = daily.step(cfg, frozen, known, cycle)
-        # reference only: an ungated adapter on the whole cycle, warm-started from the previous one
-        raw, data, raw_cpu = train_lora(cfg, frozen, known, cycle, raw, 0.0)
-        full, full_cpu = train_full(cfg, known, setup)
-        scores = {
-            name: next_cycle_metrics(m, events, nxt, max_len)
-            for name, m in (("frozen", frozen), ("lora", served), ("full", full), ("lora_ungated", raw))
-        }
-        rows.append(
-            {
-                "as_of": cycle.name,
-                "evaluated_on": nxt.name,
-                **{f"{v}_{m}": scores[v][m] for v in scores for m in ("ndcg@10", "hr@10")},
-                "lora_cpu_s": lora_cpu,
-                "full_cpu_s": full_cpu,
-                "lora_ungated_cpu_s": raw_cpu,
-                "lora_gate": decision,
-                "events_scored": scores["frozen"]["events"],
-                "new_item_rows": len(data.new_items),
-            }
-        )
-        print(json.dumps(rows[-1]), flush=True)
-    return {"cycles": rows, "base_cpu_s": base_cpu} | summarise(rows)
+    with tempfile.TemporaryDirectory() as tmp, mlflow_store(Path(tmp)):
+        lcfg = lora_project(cfg, Path(tmp))
+        register_champion(Path(tmp), frozen, clock.start)
+        for cycle, nxt in tqdm(
+            list(zip(cycles[:-1], cycles[1:], strict=True)), desc="cycles", disable=not progress
+        ):
+            known = events[events["timestamp"] < cycle.as_of]
+            served, challenger, lora_row = lora_step(lcfg, cycle)
+            full = train_fm_recipe(cfg, known, cache)
+            models = {"frozen": frozen.model, "lora": served, "full": full.model}
+            models |= {"challenger": challenger or frozen.model, "reseeded": reseeded.model}
+            ev = EvalSet(target_users(events, nxt), {arm: ranks(m, events, nxt) for arm, m in models.items()})
+            sets.append(ev)
+            rows.append(
+                {
+                    "as_of": cycle.name,
+                    "evaluated_on": nxt.name,
+                    **{f"{a}_{m}@10": float(getattr(ev, m)(a).mean()) for a in ARMS for m in ("ndcg", "hr")},
+                    **{f"{a}_ndcg@10": float(ev.ndcg(a).mean()) for a in REFERENCES},
+                    "full_cpu_s": full.cpu_s,
+                    **lora_row,
+                    "events_scored": len(ev.users),
+                    "users_scored": len(np.unique(ev.users)),
+                    **target_mix(events, nxt, clock.start),
+                    "full_epochs": full.meta["epochs"],
+                    "full_best_epoch": full.meta["best_epoch"],
+                    "full_cached": full.meta["cached"],
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    keys = ("cpu_s", "epochs", "best_epoch", "stopped", "val_ndcg@10_by_epoch")
+    bases = {
+        f"{n}_base": {k: t.meta[k] for k in keys} for n, t in (("frozen", frozen), ("reseeded", reseeded))
+    }
+    return {"cycles": rows} | bases | summarise(rows, sets, n_boot)
 
 
-def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """gain_recovered and compute_ratio as the issue defines them, plus the means they come from."""
-    variants = ("frozen", "lora", "full", "lora_ungated")
-    mean = {v: float(np.mean([r[f"{v}_ndcg@10"] for r in rows])) for v in variants}
+def summarise(rows: list[dict[str, Any]], sets: list[EvalSet], n_boot: int) -> dict[str, Any]:
+    """gain_recovered and compute_ratio as the issue defines them, the event-pooled gains, the bootstrap."""
+    mean = {a: float(np.mean([r[f"{a}_ndcg@10"] for r in rows])) for a in ARMS + REFERENCES}
     full_gain, lora_gain = mean["full"] - mean["frozen"], mean["lora"] - mean["frozen"]
     lora_cpu, full_cpu = sum(r["lora_cpu_s"] for r in rows), sum(r["full_cpu_s"] for r in rows)
+    pooled = {a: float(np.concatenate([s.ndcg(a) for s in sets]).mean()) for a in ARMS + REFERENCES}
+    pooled_full = pooled["full"] - pooled["frozen"]
     return {
         "gain_recovered": lora_gain / full_gain if full_gain != 0 else math.nan,
         "compute_ratio": lora_cpu / full_cpu if full_cpu > 0 else math.nan,
-        "ungated_gain_recovered": (mean["lora_ungated"] - mean["frozen"]) / full_gain
-        if full_gain
-        else math.nan,
         "mean_ndcg@10": mean,
-        "mean_hr@10": {v: float(np.mean([r[f"{v}_hr@10"] for r in rows])) for v in variants},
+        "mean_hr@10": {a: float(np.mean([r[f"{a}_hr@10"] for r in rows])) for a in ARMS},
+        "gain_over_frozen": {a: mean[a] - mean["frozen"] for a in ARMS[1:] + REFERENCES},
+        "pooled_ndcg@10": pooled,
+        "pooled_gain_recovered": (pooled["lora"] - pooled["frozen"]) / pooled_full
+        if pooled_full
+        else math.nan,
+        "events_scored": int(sum(len(s.users) for s in sets)),
+        "bootstrap": paired_bootstrap(sets, n_boot),
         "lora_promotions": sum(r["lora_gate"] == "promoted" for r in rows),
         "targets": {"gain_recovered": ">= 0.8", "compute_ratio": "<= 0.1"},
     }
 
 
 def plot(result: dict[str, Any], path: Path) -> Path:
-    """NDCG@10, HR@10 and CPU seconds per cycle for the three variants, as a PNG."""
+    """NDCG@10 per cycle, the gains over the frozen base (with the bootstrap interval) and CPU seconds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = result["cycles"]
-    x = [r["evaluated_on"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, metric in zip(axes[:2], ("ndcg@10", "hr@10"), strict=True):
-        for v in ("frozen", "lora", "full", "lora_ungated"):
-            ax.plot(x, [r[f"{v}_{metric}"] for r in rows], marker="o", label=v)
-        ax.set_title(f"next-cycle {metric}")
-        ax.legend()
-    axes[2].bar(np.arange(len(x)) - 0.2, [r["lora_cpu_s"] for r in rows], 0.4, label="lora")
-    axes[2].bar(np.arange(len(x)) + 0.2, [r["full_cpu_s"] for r in rows], 0.4, label="full retrain")
-    axes[2].set_xticks(np.arange(len(x)), x)
-    axes[2].set_title("CPU seconds per cycle")
+    x = np.arange(len(rows))
+    labels = [r["evaluated_on"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    colour = {"frozen": "grey", "lora": "C0", "full": "C1"}
+    for arm in ARMS:
+        axes[0].plot(x, [r[f"{arm}_ndcg@10"] for r in rows], marker="o", label=arm, color=colour[arm])
+    axes[0].set_title("next-cycle NDCG@10")
+    axes[0].legend()
+    for off, arm in ((-0.15, "lora"), (0.15, "full")):
+        gains = [r[f"{arm}_ndcg@10"] - r["frozen_ndcg@10"] for r in rows]
+        axes[1].bar(x + off, gains, 0.3, label=arm, color=colour[arm])
+    boot = result["bootstrap"]
+    for off, arm in ((-0.15, "lora"), (0.15, "full")):
+        gain, (lo, hi) = result["gain_over_frozen"][arm], boot[f"{arm}_gain_ci95"]
+        yerr = [[gain - lo], [hi - gain]]
+        axes[1].errorbar(len(rows) + off, gain, yerr=yerr, fmt="s", capsize=4, color=colour[arm])
+    axes[1].axhline(0, color="grey", lw=0.8)
+    axes[1].set_title("gain over frozen (right: mean, 95% CI)")
+    axes[1].legend()
+    axes[2].bar(x - 0.2, [r["lora_cpu_s"] for r in rows], 0.4, label="lora", color="C0")
+    axes[2].bar(x + 0.2, [r["full_cpu_s"] for r in rows], 0.4, label="full retrain", color="C1")
+    axes[2].set_yscale("log")
+    axes[2].set_title("training CPU seconds per cycle")
     axes[2].legend()
     for ax in axes:
+        ax.set_xticks(np.arange(len(labels) + (ax is axes[1])), labels + (["mean"] if ax is axes[1] else []))
         ax.tick_params(axis="x", rotation=45)
     fig.suptitle(
         f"gain recovered {result['gain_recovered']:.2f}, compute ratio {result['compute_ratio']:.3f}"
@@ -280,7 +465,7 @@ def log_mlflow(cfg: Config, result: dict[str, Any], png: Path, args: argparse.Na
 
     use_project_store(cfg.root)
     with mlflow.start_run(experiment_id=experiment_id(cfg.root, EXPERIMENT), run_name=args.run_name) as run:
-        mlflow.log_params({k: v for k, v in vars(args).items() if k not in ("out",)})
+        mlflow.log_params({k: v for k, v in vars(args).items() if k not in ("out", "cache")})
         for step, row in enumerate(result["cycles"], start=1):
             mlflow.log_metrics(
                 {metric_key(k): float(v) for k, v in row.items() if isinstance(v, int | float)}, step=step
@@ -296,22 +481,23 @@ def log_mlflow(cfg: Config, result: dict[str, Any], png: Path, args: argparse.Na
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--params", type=Path, default=REPO / "params.yaml", help="params.yaml (lora, clock, data)"
-    )
+    p.add_argument("--params", type=Path, default=REPO / "params.yaml", help="params.yaml (fm, lora, clock)")
     p.add_argument(
         "--cycles", type=int, default=0, help="comparisons to run (0 = every cycle with a next one)"
     )
-    p.add_argument("--dim", type=int, default=32, help="FM embedding size for the benchmark")
-    p.add_argument("--max-len", type=int, default=50, help="FM window")
-    p.add_argument("--layers", type=int, default=2, help="FM layers")
-    p.add_argument("--epochs", type=int, default=8, help="max epochs of the base and of each full retrain")
-    p.add_argument("--patience", type=int, default=3, help="early-stopping patience of full training")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=0,
+        help="epoch budget of every FM training (0 = the champion's, from data/metrics/train_fm.json)",
+    )
     p.add_argument(
         "--sequence", type=Path, default=None, help="a sequence-format file instead of params' data"
     )
     p.add_argument("--sequence-step", default="1h", help="time between a user's events in --sequence")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--bootstrap", type=int, default=2000, help="paired bootstrap resamples")
+    p.add_argument("--cache", type=Path, default=CACHE, help="folder of trained FMs (reused by key)")
     p.add_argument("--run-name", default="freshness", help="MLflow run name")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
@@ -323,28 +509,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = load_config(args.params)
-    fm = cfg.fm
-    setup = Setup(
-        model={
-            "max_len": args.max_len,
-            "dim": args.dim,
-            "n_layers": args.layers,
-            "n_heads": fm.n_heads,
-            "dropout": fm.dropout,
-            "time_buckets": fm.time_buckets,
-            "l2_norm": fm.l2_norm,
-            "temperature": fm.temperature,
-        },
-        train=TrainConfig(
-            loss=fm.train.loss,
-            lr=fm.train.lr,
-            batch_size=fm.train.batch_size,
-            max_epochs=args.epochs,
-            patience=args.patience,
-            seed=fm.train.seed,
-            progress=False,
-        ),
-    )
+    epochs = args.epochs or champion_epochs(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         n_cycles = cfg.clock.cycles
         if args.sequence is not None:
@@ -352,11 +517,11 @@ def main(argv: list[str] | None = None) -> None:
             cfg = sequence_project(cfg, args.sequence, args.sequence_step, n_cycles, Path(tmp))
         n_compare = min(args.cycles or n_cycles - 1, n_cycles - 1)
         wall0 = time.perf_counter()
-        result = run(cfg, setup, n_compare)
+        result = run(recipe(cfg, epochs), n_compare, args.cache, args.bootstrap)
     result["wall_seconds"] = time.perf_counter() - wall0
     result["setup"] = {
-        "model": setup.model,
-        "max_epochs": args.epochs,
+        "fm": dataclasses.asdict(recipe(cfg, epochs).fm),
+        "epoch_budget": epochs,
         "lora": dataclasses.asdict(cfg.lora),
         "data": args.sequence.name if args.sequence else cfg.data.path,
     }
@@ -365,6 +530,11 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.threads} torch thread(s)"
     )
     result["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    write(result, args)
+
+
+def write(result: dict[str, Any], args: argparse.Namespace) -> None:
+    """The issue-shaped JSON, the details JSON, the PNG, the MLflow run; a one-line summary."""
     png = args.out.with_suffix(".png")
     plot(result, png)
     if not args.no_mlflow:
@@ -373,10 +543,13 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(issue_shape(result), indent=2) + "\n")
     details.write_text(json.dumps(result, indent=2) + "\n")
+    boot = result["bootstrap"]
     print(
         f"gain_recovered {result['gain_recovered']:.3f} (target >= 0.8), compute_ratio "
-        f"{result['compute_ratio']:.4f} (target <= 0.1); mean NDCG@10 {result['mean_ndcg@10']}; "
-        f"{result['wall_seconds']:.0f} s; wrote {args.out}, {details} and {png}"
+        f"{result['compute_ratio']:.4f} (target <= 0.1); gains over frozen: lora "
+        f"{result['gain_over_frozen']['lora']:+.5f} {boot['lora_gain_ci95']}, full "
+        f"{result['gain_over_frozen']['full']:+.5f} {boot['full_gain_ci95']} (95% CI); "
+        f"{result['events_scored']} events; {result['wall_seconds']:.0f} s; wrote {args.out}, {png}"
     )
 
 

@@ -60,3 +60,12 @@ def score(model: Retriever, events: pd.DataFrame, window: Cycle, max_len: int) -
     r = ranks.double()
     ndcg = torch.where(r < 10, 1.0 / torch.log2(r + 2), torch.zeros_like(r))
     return HoldoutScore(metrics_from_ranks(ranks, KS), [float(1.0 - v) for v in ndcg])
+
+
+def target_users(events: pd.DataFrame, window: Cycle) -> np.ndarray:
+    """The user_idx of each event `event_ranks` scores, in the same order (for per-user resampling)."""
+    known = EventLog(events).known_at(window.as_of)
+    known = known.sort_values(["user_idx", "timestamp", "event_id"], kind="stable")
+    users = known["user_idx"].to_numpy()
+    has_history = np.r_[False, users[1:] == users[:-1]]  # not the user's first known event
+    return users[has_history & (known["timestamp"] >= window.start).to_numpy()]

@@ -15,13 +15,15 @@ import dataclasses
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 import mlflow
-from models.train import build_model, train
+from models.train import EpochRecord, RecModel, TrainResult, build_model, train
 from specrec.config import Config
 from specrec.data.split import leave_one_out
 from specrec.fm.data import load_loo
@@ -45,6 +47,30 @@ def _train_data(cfg: Config, events: Any, folder: Path) -> Any:
     loo = leave_one_out(events, cfg.split.loo_min_events)
     loo.to_parquet(folder / "loo.parquet", index=False)
     return load_loo(folder, cfg.path(cfg.paths.prepared))
+
+
+def train_base(
+    cfg: Config,
+    events: pd.DataFrame,
+    folder: Path,
+    progress: bool = True,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> tuple[RecModel, TrainResult, float]:
+    """The FM trained like `train_fm` (params.yaml `fm`: model, optimisation, early stopping) on `events`.
+
+    Leave-one-out validation for early stopping, initial weights seeded by fm.train.seed; the best epoch's
+    checkpoint and the item id map are written to `folder` (a folder `_log_model` can register). Returns
+    the model, the training result and the process CPU seconds of the training (data preparation aside).
+    """
+    data = _train_data(cfg, events, folder)
+    cpu0 = time.process_time()
+    torch.manual_seed(cfg.fm.train.seed)  # the initial weights too, not only the training order
+    model = build_model(cfg.fm.model, cfg.fm.model_config(data.n_items))
+    result = train(model, data.train, data.valid, train_config(cfg, progress), on_epoch, folder)
+    cpu_s = time.process_time() - cpu0
+    items = read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet", "prepared items")
+    items[["item_idx", "item_id"]].to_parquet(folder / ID_MAP_FILE, index=False)
+    return model, result, cpu_s
 
 
 def _serving_score(client: mlflow.MlflowClient, known: Any, window: Any) -> tuple[float, str]:
@@ -80,14 +106,9 @@ def retrain_base(
                 adapters.CUTOFF: cutoff.isoformat(),
             }
         )
-        data = _train_data(cfg, known[known["timestamp"] < cutoff], Path(tmp))
-        cpu0 = time.process_time()
-        torch.manual_seed(cfg.fm.train.seed)  # the initial weights too, not only the training order
-        model = build_model(cfg.fm.model, cfg.fm.model_config(data.n_items))
-        result = train(model, data.train, data.valid, train_config(cfg, progress), _epoch_logger(rows), tmp)
-        cpu_s = time.process_time() - cpu0
-        items = read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet", "prepared items")
-        items[["item_idx", "item_id"]].to_parquet(Path(tmp) / ID_MAP_FILE, index=False)
+        model, result, cpu_s = train_base(
+            cfg, known[known["timestamp"] < cutoff], Path(tmp), progress, _epoch_logger(rows)
+        )
         new = score(model, known, window, model.config.max_len)
         mlflow.log_metrics(
             {

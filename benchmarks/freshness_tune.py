@@ -1,0 +1,157 @@
+"""Choose the daily LoRA settings on a validation slice the freshness benchmark never scores.
+
+The slice: a frozen base trained by the benchmark's FM recipe at clock.start - (n+1) cadences, then n
+daily cycles ending at clock.start, each judged on the next cycle's events, all before clock.start (the
+benchmark scores nothing before clock.start + one cadence). Every setting runs the real daily path
+(`run_cycle` on a throw-away MLflow store, as benchmarks/freshness.py does) and is scored by the mean over
+cycles of NDCG@10 of what serves minus the frozen base's (and of the ungated challenger, for reference).
+Settings are params.yaml `lora` overrides, one at a time around the current values.
+
+    python benchmarks/freshness_tune.py                      # every setting, 8 validation comparisons
+    python benchmarks/freshness_tune.py --only params lr=0.01
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from specrec.clock import ReplayClock  # noqa: E402
+from specrec.config import Config, load_config, parse_duration  # noqa: E402
+from specrec.io import read_parquet  # noqa: E402
+from specrec.lora.evaluate import target_users  # noqa: E402
+
+OUT = REPO / "benchmarks" / "results" / "freshness_tuning.json"
+GRID: dict[str, dict[str, Any]] = {
+    "params": {},
+    "lr=0.001": {"lr": 0.001},
+    "lr=0.01": {"lr": 0.01},
+    "epochs=2": {"epochs": 2},
+    "epochs=10": {"epochs": 10},
+    "r=4": {"r": 4, "alpha": 8.0},
+    "r=16": {"r": 16, "alpha": 32.0},
+    "replay=0.2": {"replay_share": 0.2},
+    "replay=0.8": {"replay_share": 0.8},
+    "no_warm_start": {"warm_start": False},
+    "no_new_item_rows": {"new_item_rows": False},
+}
+
+
+def bench() -> Any:
+    """benchmarks/freshness.py as a module (benchmarks/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("freshness_bench", REPO / "benchmarks" / "freshness.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def validation_clock(cfg: Config, n_compare: int) -> Config:
+    """cfg whose clock is the n_compare+1 cycles that end at the benchmark's clock.start."""
+    start = ReplayClock.from_config(cfg.clock).start
+    cadence = parse_duration("clock.cadence", cfg.clock.cadence)
+    begin = start - (n_compare + 1) * cadence
+    clock = dataclasses.replace(cfg.clock, start=begin.isoformat(), cycles=n_compare + 1)
+    out = dataclasses.replace(cfg, clock=clock)
+    last = ReplayClock.from_config(out.clock).cycles()[-1]
+    assert last.as_of <= start, f"validation cycle {last.name} reaches into the benchmark's cycles"
+    return out
+
+
+def evaluate_setting(fb: Any, cfg: Config, frozen: Any, events: pd.DataFrame) -> dict[str, Any]:
+    """Run the daily path over the validation cycles with cfg.lora; gains over the frozen base."""
+    clock = ReplayClock.from_config(cfg.clock)
+    cycles = clock.cycles()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, fb.mlflow_store(Path(tmp)):
+        lcfg = fb.lora_project(cfg, Path(tmp))
+        fb.register_champion(Path(tmp), frozen, clock.start)
+        for cycle, nxt in zip(cycles[:-1], cycles[1:], strict=True):
+            served, challenger, lrow = fb.lora_step(lcfg, cycle)
+            models = {"frozen": frozen.model, "lora": served, "challenger": challenger or frozen.model}
+            ranks = {a: fb.ranks(m, events, nxt) for a, m in models.items()}
+            ev = fb.EvalSet(target_users(events, nxt), ranks)
+            rows.append(
+                {
+                    "as_of": cycle.name,
+                    "events": len(ev.users),
+                    **{f"{a}_ndcg@10": float(ev.ndcg(a).mean()) for a in models},
+                    "lora_cpu_s": lrow["lora_cpu_s"],
+                    "gate": lrow["lora_gate"],
+                }
+            )
+    gain = [r["lora_ndcg@10"] - r["frozen_ndcg@10"] for r in rows]
+    ungated = [r["challenger_ndcg@10"] - r["frozen_ndcg@10"] for r in rows]
+    return {
+        "mean_gain": float(np.mean(gain)),
+        "mean_gain_ungated": float(np.mean(ungated)),
+        "promotions": sum(r["gate"] == "promoted" for r in rows),
+        "lora_cpu_s": float(sum(r["lora_cpu_s"] for r in rows)),
+        "cycles": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train (or load) the validation base, run every setting, write the ranking."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    p.add_argument("--cycles", type=int, default=8, help="validation comparisons (cycles before clock.start)")
+    p.add_argument("--epochs", type=int, default=0, help="FM epoch budget (0 = the champion's)")
+    p.add_argument("--only", nargs="*", default=None, help=f"settings to run, of {list(GRID)}")
+    p.add_argument("--cache", type=Path, default=None, help="trained-FM cache (default: the benchmark's)")
+    p.add_argument("--out", type=Path, default=OUT)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    fb = bench()
+    cfg = load_config(args.params)
+    cfg = validation_clock(fb.recipe(cfg, args.epochs or fb.champion_epochs(cfg)), args.cycles)
+    events = read_parquet(cfg.path(cfg.paths.prepared) / "interactions.parquet", "prepared interactions")
+    start = ReplayClock.from_config(cfg.clock).start
+    frozen = fb.train_fm_recipe(cfg, events[events["timestamp"] < start], args.cache or fb.CACHE)
+    results: dict[str, Any] = {}
+    for name in args.only or list(GRID):
+        t0 = time.perf_counter()
+        lcfg = dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, **GRID[name]))
+        results[name] = evaluate_setting(fb, lcfg, frozen, events) | {"overrides": GRID[name]}
+        results[name]["wall_s"] = time.perf_counter() - t0
+        r = results[name]
+        print(
+            f"{name}: gain {r['mean_gain']:+.5f} (ungated {r['mean_gain_ungated']:+.5f}), "
+            f"{r['promotions']} promotions, lora CPU {r['lora_cpu_s']:.1f} s, {r['wall_s']:.0f} s wall",
+            flush=True,
+        )
+    out = {
+        "validation_clock": dataclasses.asdict(cfg.clock),
+        "frozen_base": {k: frozen.meta[k] for k in ("cpu_s", "epochs", "best_epoch", "stopped")},
+        "ranking": sorted(results, key=lambda n: -results[n]["mean_gain"]),
+        "settings": results,
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.out.exists() and args.only:  # keep earlier settings' results
+        old = json.loads(args.out.read_text())
+        if old.get("validation_clock") == out["validation_clock"]:
+            out["settings"] = old["settings"] | results
+            out["ranking"] = sorted(out["settings"], key=lambda n: -out["settings"][n]["mean_gain"])
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print("ranking:", out["ranking"])
+
+
+if __name__ == "__main__":
+    main()

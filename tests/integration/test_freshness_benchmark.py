@@ -1,0 +1,72 @@
+"""The freshness benchmark's arms are the pipeline's own paths: the frozen base and the daily full retrain
+are the FM recipe of params.yaml `fm` (with the epoch budget), the daily LoRA arm runs run_cycle against a
+throw-away MLflow store (the project's store is not touched), trained FMs are reused from the cache, and
+the figures are reproducible."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import mlflow
+from tests.integration.conftest import TinyProject
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench() -> Any:
+    """benchmarks/freshness.py as a module (benchmarks/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("freshness_bench", ROOT / "benchmarks" / "freshness.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_arms_are_the_pipeline_paths(tiny: TinyProject, tmp_path: Path) -> None:
+    fb = _bench()
+    cfg = fb.recipe(tiny.cfg, 1)
+    uri = mlflow.get_tracking_uri()
+    result = fb.run(cfg, 1, tmp_path / "cache", n_boot=50, progress=False)
+    row = result["cycles"][0]
+
+    # frozen, reseeded and the cycle's full retrain: three trainings of the fm recipe, with its model
+    trained = sorted((tmp_path / "cache").iterdir())
+    assert len(trained) == 3
+    for folder in trained:
+        model_cfg = json.loads((folder / "config.json").read_text())["model_config"]
+        assert {k: model_cfg[k] for k in ("dim", "max_len", "n_layers")} == {
+            "dim": cfg.fm.dim,
+            "max_len": cfg.fm.max_len,
+            "n_layers": cfg.fm.n_layers,
+        }
+        train_cfg = json.loads((folder / "config.json").read_text())["train_config"]
+        assert train_cfg["max_epochs"] == 1 and train_cfg["time_budget_s"] is None
+        assert train_cfg["pair_loss_weight"] == cfg.fm.train.pair_loss_weight
+        assert train_cfg["random_windows"] == cfg.fm.train.random_windows
+    assert result["frozen_base"]["epochs"] == 1 and row["full_epochs"] == 1
+
+    # the LoRA arm went through the daily flow's run_cycle: gated, trained on the cycle's events
+    assert row["lora_gate"] in ("promoted", "rejected") and row["lora_train_targets"] > 0
+    assert 0 < row["lora_cpu_s"] < row["lora_cycle_cpu_s"]
+    assert row["events_scored"] > 0 and row["users_scored"] > 0
+    assert set(fb.issue_shape(result | {"command": "x"})["cycles"][0]) == set(fb.ISSUE_CYCLE_KEYS)
+
+    # the project's own store saw nothing of it, and MLflow points back at it
+    assert mlflow.get_tracking_uri() == uri
+    for tag in ("stage = 'freshness_benchmark'", "prefect_flow_run_id = 'freshness-benchmark'"):
+        assert len(mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.{tag}")) == 0
+
+    # a second run reuses the trained FMs (and their recorded CPU seconds) and gives the same figures
+    again = fb.run(cfg, 1, tmp_path / "cache", n_boot=50, progress=False)["cycles"][0]
+    assert again["full_cached"] and again["full_cpu_s"] == row["full_cpu_s"]
+    for key in ("frozen_ndcg@10", "full_ndcg@10", "lora_ndcg@10", "challenger_ndcg@10"):
+        assert again[key] == row[key], key
