@@ -4,33 +4,115 @@
 `speculation.window`). Rows go to the Feast `speculative` view of the serving bundle with expires_at =
 as_of + speculation.ttl. A failing FM batch is retried inside the task; if it keeps failing the task
 fails before anything is written, and Prefect's retry reruns the whole window.
+
+With `dask.address` set (params.yaml) the FM pair representations are computed by `dask.shards` tasks on
+prefect-dask's DaskTaskRunner (subflow `precompute_pair_shards`), each a run of whole FM batches retried
+on its own; the window's rows are still written all at once by one last task, after every shard returned.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
 
 from flows.common import resolve_as_of, retry_unless_user_error, setup
+from specrec.config import Config, load_config
+from specrec.sharding import PairShard, merge_pairs, pair_shards, task_runner
+
+if TYPE_CHECKING:
+    from specrec.nearline.bundles import Bundle
+    from specrec.speculation.pairs import PairResult
+    from specrec.speculation.precompute import WindowPlan
 
 
-@task(retries=2, retry_delay_seconds=[2, 5], retry_condition_fn=retry_unless_user_error)
-def precompute(params: str, as_of: str, window: str | None) -> dict[str, Any]:
-    """Predict, compute and write one window's speculative rows; log the window to MLflow `speculation`."""
+RETRY: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": [2, 5],
+    "retry_condition_fn": retry_unless_user_error,
+}
+
+
+def _logged(cfg: Config, as_of: str, result: dict[str, Any], shards: int | None = None) -> dict[str, Any]:
+    """Log the window to MLflow `speculation` (kind precompute) and return it."""
     import mlflow
-    from specrec.nearline.store import open_store
-    from specrec.speculation.precompute import precompute_window
     from specrec.speculation.train import EXPERIMENT
     from specrec.tracking import experiment_id
 
-    cfg, client = setup(params)
-    result = precompute_window(cfg, as_of, open_store(cfg), client, window)
+    tags = {"kind": "precompute", "as_of": result["as_of"], "bundle_id": result["bundle_id"]}
+    if shards is not None:  # a tag, not a metric: every precompute run logs the same metric keys
+        tags["dask_shards"] = str(shards)
     with mlflow.start_run(experiment_id=experiment_id(cfg.root, EXPERIMENT), run_name=as_of):
-        mlflow.set_tags({"kind": "precompute", "as_of": result["as_of"], "bundle_id": result["bundle_id"]})
+        mlflow.set_tags(tags)
         mlflow.log_metrics({k: float(v) for k, v in result.items() if isinstance(v, int | float)})
     return result
+
+
+@task(**RETRY)
+def precompute(params: str, as_of: str, window: str | None) -> dict[str, Any]:
+    """Predict, compute and write one window's speculative rows; log the window to MLflow `speculation`."""
+    from specrec.nearline.store import open_store
+    from specrec.speculation.precompute import precompute_window
+
+    cfg, client = setup(params)
+    return _logged(cfg, as_of, precompute_window(cfg, as_of, open_store(cfg), client, window))
+
+
+@task(**RETRY, cache_policy=NO_CACHE)
+def plan_precompute(params: str, as_of: str, window: str | None) -> WindowPlan:
+    """Predict the window and choose its users and items (no FM pair computed yet)."""
+    from specrec.nearline.store import open_store
+    from specrec.speculation.precompute import plan_window
+
+    cfg, client = setup(params)
+    return plan_window(cfg, as_of, open_store(cfg), client, window)
+
+
+@task(**RETRY, cache_policy=NO_CACHE)
+def pair_shard(params: str, bundle: Bundle, shard: PairShard) -> PairResult:
+    """The FM pair vectors of one shard's users (on a Dask worker); nothing is written here."""
+    from specrec.speculation.precompute import compute_pairs
+
+    cfg, client = setup(params)
+    return compute_pairs(cfg, client, bundle, shard.histories, shard.candidates)
+
+
+@flow(name="precompute_pair_shards", validate_parameters=False)  # numpy inside: built by plan_precompute
+def precompute_pair_shards(params: str, plan: WindowPlan, shards: list[PairShard]) -> PairResult:
+    """Submit every shard, wait for all of them, and merge their vectors; fail if any shard failed."""
+    futures = [pair_shard.submit(params, plan.bundle, shard) for shard in shards]
+    wait(futures)
+    return merge_pairs(len(plan.users), shards, [f.result() for f in futures])
+
+
+@task(**RETRY, cache_policy=NO_CACHE)
+def write_precompute(
+    params: str, as_of: str, plan: WindowPlan, pairs: PairResult | None, started: float, shards: int
+) -> dict[str, Any]:
+    """Write the window's rows at once (after every shard returned) and log the window."""
+    from specrec.nearline.store import open_store
+    from specrec.speculation.precompute import write_window
+
+    cfg, _ = setup(params)
+    return _logged(cfg, as_of, write_window(cfg, open_store(cfg), plan, pairs, started), shards)
+
+
+def precompute_sharded(
+    params: str, as_of: str, window: str | None, runner: Any, shards: int
+) -> dict[str, Any]:
+    """Plan in-process, compute the pairs in shards on the Dask task runner, write once."""
+    started = time.perf_counter()
+    plan = plan_precompute(params, as_of, window)
+    pairs, parts = None, []
+    if plan.users:
+        batch_users = load_config(Path(params)).speculation.batch_users
+        parts = pair_shards(plan.histories, plan.candidates, batch_users, shards)
+        pairs = precompute_pair_shards.with_options(task_runner=runner)(params, plan, parts)
+    return write_precompute(params, as_of, plan, pairs, started, len(parts))
 
 
 @flow(name="speculative_precompute")
@@ -39,6 +121,12 @@ def speculative_precompute(
 ) -> dict[str, Any]:
     """Precompute the window starting at as_of; a window with no predicted users writes nothing."""
     as_of = resolve_as_of(as_of, params)
-    result = precompute(str(Path(params).resolve()), as_of, window)
+    params = str(Path(params).resolve())
+    dask = load_config(Path(params)).dask
+    runner = task_runner(dask)
+    if runner is None:
+        result = precompute(params, as_of, window)
+    else:
+        result = precompute_sharded(params, as_of, window, runner, dask.shards)
     get_run_logger().info("speculative precompute at %s: %s", as_of, result["message"])
     return result

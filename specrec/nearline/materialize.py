@@ -74,10 +74,13 @@ def load_fm(version: str) -> RecModel:
     return model.eval()
 
 
-def history_file(when: pd.Timestamp, part: int | None = None) -> str:
+def history_file(when: pd.Timestamp, part: int | None = None, shard: tuple[int, int] | None = None) -> str:
     """The parquet history file of one write at `when`, named by the full timestamp (to the second), so
-    several writes on the same day keep their own files; a rerun at the same as_of rewrites its own."""
+    several writes on the same day keep their own files; a rerun at the same as_of rewrites its own.
+    A sharded write names its shard (index of count) too, so shards never overwrite each other's files."""
     stem = f"as_of={when.strftime('%Y-%m-%dT%H%M%S')}"
+    if shard is not None:
+        stem += f"-shard{shard[0]:05d}of{shard[1]:05d}"
     return f"{stem}.parquet" if part is None else f"{stem}-part{part:05d}.parquet"
 
 
@@ -165,18 +168,112 @@ def write_batch(
     write_online(store, view, frame, batch_rows=batch_rows, progress=False)
 
 
-def _todo(
-    client: MlflowClient, bundle: bundles.Bundle, known: pd.DataFrame, as_of: pd.Timestamp
-) -> tuple[str, pd.DataFrame]:
+@dataclass(frozen=True)
+class ItemPlan:
+    """What a write at as_of does: its mode, which items (first seen in [since, as_of); all known ones
+    when `since` is None) and how many; decided once, before any row is written."""
+
+    mode: str  # complete | incremental | noop
+    since: str | None
+    rows: int
+    known: int
+
+
+def plan_items(cfg: Config, as_of: object, bundle: bundles.Bundle, client: MlflowClient) -> ItemPlan:
     """The mode and the items to write: all known items for a new bundle, new items for a complete one."""
     assert bundle.version is not None
+    when = to_utc(as_of)
+    known = known_items(_items(cfg), when)
     tags = client.get_model_version(bundles.REGISTERED_MODEL, bundle.version).tags
     if tags.get("complete") != "true":
-        return "complete", known
+        return ItemPlan("complete", None, len(known), len(known))
     done = to_utc(tags["materialized_as_of"])
-    if done >= as_of:
-        return "noop", known.iloc[:0]
-    return "incremental", known[known["first_seen"] >= done]
+    if done >= when:
+        return ItemPlan("noop", done.isoformat(), 0, len(known))
+    return ItemPlan("incremental", done.isoformat(), int((known["first_seen"] >= done).sum()), len(known))
+
+
+def _items(cfg: Config) -> pd.DataFrame:
+    """The prepared item table."""
+    return read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet", "prepared items")
+
+
+def todo_items(cfg: Config, as_of: object, plan: ItemPlan) -> pd.DataFrame:
+    """The plan's items, in the item table's order (the order every shard cuts the same way)."""
+    known = known_items(_items(cfg), to_utc(as_of))
+    if plan.mode == "noop":
+        return known.iloc[:0]
+    return known if plan.since is None else known[known["first_seen"] >= to_utc(plan.since)]
+
+
+def write_item_rows(
+    cfg: Config,
+    as_of: object,
+    bundle: bundles.Bundle,
+    store: FeatureStore,
+    client: MlflowClient,
+    plan: ItemPlan,
+    shard: tuple[int, int] | None = None,
+    progress: bool = True,
+) -> int:
+    """Write the plan's item rows (shard = (index, count): only that contiguous part of them); every item
+    of the part is checked before its first row is written. Returns the rows written."""
+    from specrec.sharding import ranges
+
+    when = to_utc(as_of)
+    todo = todo_items(cfg, when, plan)
+    if shard is not None:
+        parts = ranges(len(todo), shard[1])
+        todo = todo.iloc[slice(*parts[shard[0]])] if shard[0] < len(parts) else todo.iloc[:0]
+    if not len(todo):
+        return 0
+    fm = bundle_fm(cfg, client, bundle)  # base + adapter + code embeddings, as every writer sees it
+    model, codes = fm.model, fm.codes
+    dim = int(model.item_embeddings().shape[1])
+    check_table(model, todo)  # every item checked before the first row is written
+    folder = offline_dir(store, VIEW) / f"bundle={bundle.bundle_id}"
+    batches = item_batches(model, todo, bundle.bundle_id, when, cfg.feast.write_batch_rows, codes)
+    n_batches = -(-len(todo) // cfg.feast.write_batch_rows)
+    written = 0
+    for k, frame in enumerate(
+        tqdm(batches, total=n_batches, desc=f"item_repr {bundle.bundle_id}", disable=not progress)
+    ):
+        check_rows(frame, dim)
+        write_batch(store, frame, folder / history_file(when, k, shard), cfg.feast.write_batch_rows)
+        written += len(frame)
+    return written
+
+
+def finish_items(
+    client: MlflowClient,
+    as_of: object,
+    bundle: bundles.Bundle,
+    plan: ItemPlan,
+    written: int,
+    seconds: float,
+    before_serving: Callable[[bundles.Bundle], object] | None = None,
+) -> MaterializeResult:
+    """After every row of the plan is in: tag the bundle complete, run `before_serving`, then move serving
+    to it if it is newer. The one step that makes a bundle visible, run once after all shards."""
+    when = to_utc(as_of)
+    if plan.mode != "noop":
+        tags = {"complete": "true", "materialized_as_of": when.isoformat(), "items": str(plan.known)}
+        bundles.tag(client, bundle, **tags)
+    if before_serving is not None and plan.mode != "noop":
+        before_serving(bundle)
+    promoted = _maybe_promote(client, bundle)
+    result = MaterializeResult(
+        when.isoformat(),
+        bundle.bundle_id,
+        str(bundle.version),
+        plan.mode,
+        written,
+        plan.known,
+        seconds,
+        promoted,
+    )
+    log.info("materialize item_repr: %s", asdict(result))
+    return result
 
 
 def materialize_items(
@@ -193,44 +290,10 @@ def materialize_items(
     `before_serving(bundle)` runs after the last item row and before the alias can move (the flow writes
     the bundle's user states there), so the scorer only ever swaps to a bundle whose rows are all in.
     """
-    when = to_utc(as_of)
-    items = read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet", "prepared items")
-    known = known_items(items, when)
-    mode, todo = _todo(client, bundle, known, when)
-    start, written = time.perf_counter(), 0
-    if len(todo):
-        fm = bundle_fm(cfg, client, bundle)  # base + adapter + code embeddings, as every writer sees it
-        model, codes = fm.model, fm.codes
-        dim = int(model.item_embeddings().shape[1])
-        check_table(model, todo)  # every item checked before the first row is written
-        folder = offline_dir(store, VIEW) / f"bundle={bundle.bundle_id}"
-        batches = item_batches(model, todo, bundle.bundle_id, when, cfg.feast.write_batch_rows, codes)
-        n_batches = -(-len(todo) // cfg.feast.write_batch_rows)
-        for k, frame in enumerate(
-            tqdm(batches, total=n_batches, desc=f"item_repr {bundle.bundle_id}", disable=not progress)
-        ):
-            check_rows(frame, dim)
-            write_batch(store, frame, folder / history_file(when, k), cfg.feast.write_batch_rows)
-            written += len(frame)
-    if mode != "noop":
-        bundles.tag(
-            client, bundle, complete="true", materialized_as_of=when.isoformat(), items=str(len(known))
-        )
-    if before_serving is not None and mode != "noop":
-        before_serving(bundle)
-    promoted = _maybe_promote(client, bundle)
-    result = MaterializeResult(
-        when.isoformat(),
-        bundle.bundle_id,
-        str(bundle.version),
-        mode,
-        written,
-        len(known),
-        time.perf_counter() - start,
-        promoted,
-    )
-    log.info("materialize item_repr: %s", asdict(result))
-    return result
+    start = time.perf_counter()
+    plan = plan_items(cfg, as_of, bundle, client)
+    written = write_item_rows(cfg, as_of, bundle, store, client, plan, progress=progress)
+    return finish_items(client, as_of, bundle, plan, written, time.perf_counter() - start, before_serving)
 
 
 def _maybe_promote(client: MlflowClient, bundle: bundles.Bundle) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,7 +31,7 @@ from specrec.nearline.materialize import history_file
 from specrec.nearline.store import offline_dir
 from specrec.speculation import replay
 from specrec.speculation.models import as_hstu
-from specrec.speculation.pairs import PairFn, pair_batches
+from specrec.speculation.pairs import PairFn, PairResult, pair_batches
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -102,18 +102,28 @@ def choose(
     return chosen, int(fresh.sum())
 
 
-def precompute_window(
-    cfg: Config,
-    as_of: object,
-    store: FeatureStore,
-    client: MlflowClient,
-    window: str | None = None,
-    compute: PairFn | None = None,
-) -> dict[str, Any]:
-    """Precompute the window starting at as_of for the serving bundle; return what was done."""
+@dataclass(frozen=True)
+class WindowPlan:
+    """A window's work, decided at its start: the users to precompute (sorted by id), their histories and
+    items, and the accounting of what has become known; no FM pair has been computed yet."""
+
+    when: pd.Timestamp
+    bundle: bundles.Bundle
+    expires_at: pd.Timestamp
+    base: dict[str, Any]  # as_of, bundle_id, skipped_fresh_users and account_past's keys
+    users: list[int]
+    histories: list[tuple[np.ndarray, np.ndarray]]  # per user: (item_idx, timestamps) known at `when`
+    candidates: list[np.ndarray]  # per user: item_idx to precompute
+    item_ids: list[np.ndarray]  # per user: the same items as item ids (what rows carry)
+
+
+def plan_window(
+    cfg: Config, as_of: object, store: FeatureStore, client: MlflowClient, window: str | None = None
+) -> WindowPlan:
+    """Predict the window starting at as_of for the serving bundle and choose its users and items."""
     from specrec.speculation.registry import load_champion
 
-    when, started = to_utc(as_of), time.perf_counter()
+    when = to_utc(as_of)
     spec = cfg.speculation if window is None else replace(cfg.speculation, window=window)
     ttl = parse_duration("speculation.ttl", spec.ttl)
     _check_ttl(store, ttl)
@@ -136,9 +146,44 @@ def precompute_window(
     chosen, skipped = choose(world, predictor, s, live, spec.budget)
     base = {"as_of": when.isoformat(), "bundle_id": bundle.bundle_id, "skipped_fresh_users": skipped}
     base |= account_past(store, world, items, bundle.bundle_id, s)
-    if not chosen:
+    users = sorted(chosen)
+    item_id = dict(zip(items["item_idx"].to_numpy(), items["item_id"].to_numpy(), strict=True))
+    return WindowPlan(
+        when,
+        bundle,
+        when + ttl,
+        base,
+        users,
+        [world.history((u, chosen[u][0])) for u in users],
+        [chosen[u][1] for u in users],
+        [np.array([item_id[i] for i in chosen[u][1]], np.int64) for u in users],
+    )
+
+
+def compute_pairs(
+    cfg: Config,
+    client: MlflowClient,
+    bundle: bundles.Bundle,
+    histories: list[tuple[np.ndarray, np.ndarray]],
+    candidates: list[np.ndarray],
+    compute: PairFn | None = None,
+) -> PairResult:
+    """The bundle FM's pair vectors of these users' candidates, in FM batches of speculation.batch_users
+    (a failing batch is retried, then PrecomputeError)."""
+    fm = as_hstu(bundle_fm(cfg, client, bundle).model, bundle.fm_version)
+    spec, fn = cfg.speculation, compute or fm.pair_repr
+    return pair_batches(fn, histories, candidates, fm.config.max_len, spec.batch_users, spec.batch_retries)
+
+
+def write_window(
+    cfg: Config, store: FeatureStore, plan: WindowPlan, result: PairResult | None, started: float
+) -> dict[str, Any]:
+    """Write the window's rows (all of them at once) and return what was done; `started` is the
+    time.perf_counter() of this process when the window began."""
+    when = plan.when
+    if not plan.users or result is None:
         log.info("speculative precompute at %s: no predicted users; nothing written", when.isoformat())
-        return base | {
+        return plan.base | {
             "users": 0,
             "pairs": 0,
             "rows_written": 0,
@@ -147,30 +192,21 @@ def precompute_window(
             "seconds": time.perf_counter() - started,
             "message": "no predicted users; nothing written",
         }
-    users = sorted(chosen)
-    result = pair_batches(
-        compute or fm.pair_repr,
-        [world.history((u, chosen[u][0])) for u in users],
-        [chosen[u][1] for u in users],
-        fm.config.max_len,
-        spec.batch_users,
-        spec.batch_retries,
-    )
-    item_id = dict(zip(items["item_idx"].to_numpy(), items["item_id"].to_numpy(), strict=True))
+    users = plan.users
     frame = pd.DataFrame(
         {
             "user_id": np.asarray(users, np.int64),
-            "bundle_id": bundle.bundle_id,
-            "item_ids": [np.array([item_id[i] for i in chosen[u][1]], np.int64) for u in users],
+            "bundle_id": plan.bundle.bundle_id,
+            "item_ids": plan.item_ids,
             "pair_repr": [v.reshape(-1) for v in result.vectors],
             "pair_score": list(result.scores),
-            "expires_at": when + ttl,
+            "expires_at": plan.expires_at,
             "event_timestamp": when,
         }
     )
-    write_rows(cfg, store, frame, bundle.bundle_id, when)
-    pairs = int(sum(len(chosen[u][1]) for u in users))
-    out = base | {
+    write_rows(cfg, store, frame, plan.bundle.bundle_id, when)
+    pairs = int(sum(len(c) for c in plan.candidates))
+    out = plan.base | {
         "users": len(users),
         "pairs": pairs,
         "rows_written": len(frame),
@@ -181,6 +217,23 @@ def precompute_window(
     }
     log.info("speculative precompute at %s: %s", when.isoformat(), out)
     return out
+
+
+def precompute_window(
+    cfg: Config,
+    as_of: object,
+    store: FeatureStore,
+    client: MlflowClient,
+    window: str | None = None,
+    compute: PairFn | None = None,
+) -> dict[str, Any]:
+    """Precompute the window starting at as_of for the serving bundle; return what was done."""
+    started = time.perf_counter()
+    plan = plan_window(cfg, as_of, store, client, window)
+    result = None
+    if plan.users:
+        result = compute_pairs(cfg, client, plan.bundle, plan.histories, plan.candidates, compute)
+    return write_window(cfg, store, plan, result, started)
 
 
 def write_rows(
