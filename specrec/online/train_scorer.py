@@ -1,8 +1,5 @@
 """Train the thin scorer at as_of by distillation from the champion FM; log, register and gate it.
 
-Examples carry serving-time inputs (the state and pairs of the label's window start, see
-specrec.online.distill_data) and the full FM at the request as the teacher.
-
 MLflow experiment `scorer`, run named by as_of. The holdout compares, on the same candidates: the
 scorer with FM pair representations (every candidate a speculative hit), without them (every one a
 miss), the FM pair scores themselves (the teacher, i.e. full FM online) and the retrieval order.
@@ -115,19 +112,12 @@ def holdout_metrics(model: ThinScorer, d: DistillBatch) -> dict[str, float]:
 
 def _rejudge_champion(client: mlflow.MlflowClient, hold: DistillBatch) -> None:
     """Score the current champion on this holdout and record it as its gate value, so the gate compares
-    two scorers on the same examples (holdouts change with as_of and with how examples are built)."""
+    two scorers on the same examples (the recorded value came from another as_of's holdout)."""
     champion = alias_version(client, REGISTERED_MODEL, CHAMPION)
     if champion is None:
         return
     score = holdout_metrics(load_registered(champion), hold)["without_pair_ndcg@10"]
     client.set_model_version_tag(REGISTERED_MODEL, champion, f"gate_{metric_key('ndcg@10')}", repr(score))
-
-
-def serving_window(cfg: Config) -> pd.Timedelta | None:
-    """How stale the scorer's inputs are online: the nearline window (speculation.window) when requests
-    read the state of their window start (speculation.request_state: window), None when per event."""
-    spec = cfg.speculation
-    return parse_duration("speculation.window", spec.window) if spec.request_state == "window" else None
 
 
 def train_scorer(cfg: Config, as_of: object) -> dict[str, Any]:
@@ -153,7 +143,6 @@ def train_scorer(cfg: Config, as_of: object) -> dict[str, Any]:
         parse_duration("clock.cadence", cfg.clock.cadence),
         sc.candidates,
         sc.max_examples,
-        window=serving_window(cfg),
     )
     n_hold = max(1, int(round(len(data.label) * sc.holdout_share)))
     hold = torch.arange(len(data.label)) < n_hold  # the newest users are held out
@@ -163,11 +152,7 @@ def train_scorer(cfg: Config, as_of: object) -> dict[str, Any]:
         experiment_id=experiment_id(cfg.root, EXPERIMENT), run_name=str(when.date())
     ) as run:
         mlflow.set_tags({"as_of": when.isoformat(), "fm_version": fm_version})
-        window = serving_window(cfg)
-        mlflow.log_params(
-            {f"scorer.{k}": v for k, v in asdict(sc).items()}
-            | {"examples": len(data.label), "serving_window": str(window) if window is not None else "none"}
-        )
+        mlflow.log_params({f"scorer.{k}": v for k, v in asdict(sc).items()} | {"examples": len(data.label)})
         losses = distill(model, _subset(data, ~hold), sc.epochs, sc.lr, sc.hit_rate, seed=sc.seed)
         for epoch, loss in enumerate(losses, start=1):
             mlflow.log_metric("train_loss", loss, step=epoch)
