@@ -1,11 +1,16 @@
 """Speculation benchmark: replay the shipped dataset's replay span and measure the predictor against both
 baselines (coverage, precision, wasted compute per budget) and the ranking quality it buys.
 
-Needs the project's trained FM and scorer (`make demo`, then `specrec scorer train --as-of 2018-01-29`):
-it uses the serving bundle's FM and scorer (or the champions). The predictor is trained on the
+Needs the project's trained FM and scorer (`make demo` trains and serves both): it uses the serving
+bundle's FM (base + adapter + codes, the model precompute writes rows with) and scorer (or the champions;
+`--scorer-version N` evaluates another registered scorer). The predictor is trained on the
 `speculation.train_days` before `clock.start` and evaluated on the whole replay (clock.start to the clock's
-end), each window using only what was known at its start. Writes benchmarks/results/speculation.json and
-logs an MLflow run (experiment `speculation`, per-window accounting and the coverage-versus-budget PNG).
+end), each window using only what was known at its start. Quality is NDCG@10 over the replayed requests
+with per-request paired differences against the scorer without pairs (95% bootstrap intervals), against
+two full-FM references: at the request (every earlier event, the issue's upper bound) and with the
+history of the request's window start (what the scorer and the precomputed pairs know). Writes
+benchmarks/results/speculation.json (+ _details.json) and logs an MLflow run (experiment `speculation`,
+per-window accounting and the coverage-versus-budget PNG).
 
     python benchmarks/speculation.py [--params params.yaml] [--out benchmarks/results/speculation.json]
 """
@@ -59,6 +64,16 @@ def main() -> None:
         default=None,
         help="Override speculation.request_state (event: per-event streaming user state, a sensitivity run).",
     )
+    parser.add_argument(
+        "--bare-fm",
+        action="store_true",
+        help="Replay with the bundle's bare base FM (no adapter, no codes), not the model serving uses.",
+    )
+    parser.add_argument(
+        "--scorer-version",
+        default=None,
+        help="Evaluate this registered specrec-scorer version instead of the serving bundle's.",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("faiss", "alembic", "mlflow"):
@@ -72,7 +87,7 @@ def main() -> None:
         )
     spec, clock = cfg.speculation, ReplayClock.from_config(cfg.clock)
     started = time.perf_counter()
-    fm, scorer, versions = serving_models(mlflow.MlflowClient())
+    fm, scorer, versions = serving_models(cfg, mlflow.MlflowClient(), args.scorer_version, args.bare_fm)
     events = read_parquet(cfg.path(cfg.paths.prepared) / "interactions.parquet", "prepared interactions")
     items = read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet", "prepared items")
     start, end = clock.start, clock.end
@@ -117,6 +132,15 @@ def main() -> None:
             "ndcg@10_full_fm": d["ndcg@10_full_fm"],
             # (with - without) / (full_fm - without); null when the full FM gains nothing over "without"
             "quality_recovered": d["quality_recovered"] if np.isfinite(d["quality_recovered"]) else None,
+            "quality_requests": d["quality_requests"],
+            # the full FM with the history of the request's window start (the scorer's and the rows')
+            "ndcg@10_full_fm_window_start": d["ndcg@10_full_fm_window"],
+            "quality_recovered_window_start": _finite(d["quality_recovered_window_start"]),
+            # per-request paired NDCG@10 differences: mean and 95% bootstrap interval over requests
+            "paired_differences": {
+                f"{a} - {b}": [d[f"ndcg@10_{a}_minus_{b}{end}"] for end in ("", "_ci_low", "_ci_high")]
+                for a, b in replay.PAIRED
+            },
         },
         "command": command,
     }

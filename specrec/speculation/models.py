@@ -1,4 +1,9 @@
-"""Which FM and thin scorer speculation works with: the serving bundle's, else the champions."""
+"""Which FM and thin scorer speculation works with: the serving bundle's, else the champions.
+
+The FM is the bundle's own model (base with its adapter merged in and its code embeddings:
+specrec.nearline.bundle_fm), the model the bundle's user_state, item_repr and speculative rows come from,
+so the predictor's ahead-of-time retrieval and the benchmark's replay see what serving sees.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from typing import Any
 
 from mlflow import MlflowClient
 from models.hstu import HSTU
+from specrec.config import Config
 from specrec.errors import SpecrecError
 from specrec.nearline import bundles
 from specrec.nearline.materialize import load_fm
@@ -37,11 +43,28 @@ def as_hstu(fm: object, version: str) -> HSTU:
     return fm
 
 
-def serving_models(client: MlflowClient) -> tuple[Any, Any, dict[str, str]]:
-    """The torch FM, the thin scorer (None when the bundle has none) and their versions."""
+def serving_fm(cfg: Config, client: MlflowClient) -> HSTU:
+    """The serving bundle's FM (bundle_fm), or the bare specrec-fm@champion when nothing serves yet."""
+    from specrec.nearline.bundle_fm import bundle_fm
+
+    bundle = bundles.serving(client)
+    if bundle is None:
+        return load_hstu(serving_versions(client)["fm"])
+    return as_hstu(bundle_fm(cfg, client, bundle).model, bundle.fm_version)
+
+
+def serving_models(
+    cfg: Config, client: MlflowClient, scorer_version: str | None = None, bare_fm: bool = False
+) -> tuple[Any, Any, dict[str, str]]:
+    """The bundle's torch FM (`bare_fm`: its base without adapter or codes, for comparison), the thin
+    scorer (None when the bundle has none; `scorer_version` picks another registered version) and their
+    versions."""
     from specrec.online.train_scorer import load_registered
 
     versions = serving_versions(client)
-    fm = load_hstu(versions["fm"])
+    if scorer_version:
+        versions["scorer"] = scorer_version
+    fm = load_hstu(versions["fm"]) if bare_fm else serving_fm(cfg, client)
+    versions["fm_model"] = "bare base" if bare_fm else "bundle (base + adapter + codes)"
     scorer = load_registered(versions["scorer"]) if versions["scorer"] else None
     return fm, scorer, versions

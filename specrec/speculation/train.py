@@ -24,7 +24,7 @@ from specrec.config import Config
 from specrec.io import read_parquet
 from specrec.registry import CHAMPION, alias_version, metric_key, promote_if_better
 from specrec.speculation import evaluate, replay
-from specrec.speculation.models import load_hstu, serving_versions
+from specrec.speculation.models import serving_fm, serving_versions
 from specrec.speculation.registry import REGISTERED_MODEL, load_version, log_and_register
 from specrec.tracking import experiment_id
 
@@ -60,7 +60,7 @@ def retrain_speculator(cfg: Config, as_of: object) -> dict[str, Any]:
     when, spec = to_utc(as_of), cfg.speculation
     client = mlflow.MlflowClient()
     versions = serving_versions(client)
-    fm = load_hstu(versions["fm"])
+    fm = serving_fm(cfg, client)  # the bundle's model: the retrieval the predictor learns is served's
     events = read_parquet(cfg.path(cfg.paths.prepared) / "interactions.parquet", "prepared interactions")
     items = read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet", "prepared items")
     eval_start = when - pd.Timedelta(days=spec.eval_days)
