@@ -140,15 +140,16 @@ def materialize_item_shards(
 
 @task(retries=3, retry_delay_seconds=[2, 5, 15], retry_condition_fn=retry_unless_user_error)
 def finish_item_write(
-    params: str, as_of: str, bundle: dict[str, Any], plan: ItemPlan, written: int, seconds: float, shards: int
+    params: str, as_of: str, bundle: dict[str, Any], plan: ItemPlan, written: int, started: float, shards: int
 ) -> dict[str, Any]:
-    """After every shard succeeded: tag the bundle complete, write its user states, move serving."""
+    """After every shard succeeded: tag the bundle complete, write its user states, move serving (runs in the
+    flow's process: `started` is its time.perf_counter() when the write began)."""
     from specrec.nearline.store import open_store
 
     cfg, client = setup(params)
     found = bundles.Bundle(bundle["parts"], bundle["version"])
     before = _user_states(cfg, as_of, open_store(cfg), client)
-    return _logged(cfg, finish_items(client, as_of, found, plan, written, seconds, before), shards)
+    return _logged(cfg, finish_items(client, as_of, found, plan, written, started, before), shards)
 
 
 def write_items_sharded(
@@ -162,7 +163,7 @@ def write_items_sharded(
     if shards:
         sharded = materialize_item_shards.with_options(task_runner=runner)
         written = sharded(params, as_of, bundle, plan, shards)
-    return finish_item_write(params, as_of, bundle, plan, written, time.perf_counter() - start, shards)
+    return finish_item_write(params, as_of, bundle, plan, written, start, shards)
 
 
 @flow(name="materialize_item_embeddings")

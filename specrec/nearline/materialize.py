@@ -250,11 +250,12 @@ def finish_items(
     bundle: bundles.Bundle,
     plan: ItemPlan,
     written: int,
-    seconds: float,
+    started: float,
     before_serving: Callable[[bundles.Bundle], object] | None = None,
 ) -> MaterializeResult:
     """After every row of the plan is in: tag the bundle complete, run `before_serving`, then move serving
-    to it if it is newer. The one step that makes a bundle visible, run once after all shards."""
+    to it if it is newer. The one step that makes a bundle visible, run once after all shards. `started` is
+    this process's time.perf_counter() when the write began (the result's seconds run from there)."""
     when = to_utc(as_of)
     if plan.mode != "noop":
         tags = {"complete": "true", "materialized_as_of": when.isoformat(), "items": str(plan.known)}
@@ -269,7 +270,7 @@ def finish_items(
         plan.mode,
         written,
         plan.known,
-        seconds,
+        time.perf_counter() - started,
         promoted,
     )
     log.info("materialize item_repr: %s", asdict(result))
@@ -293,7 +294,7 @@ def materialize_items(
     start = time.perf_counter()
     plan = plan_items(cfg, as_of, bundle, client)
     written = write_item_rows(cfg, as_of, bundle, store, client, plan, progress=progress)
-    return finish_items(client, as_of, bundle, plan, written, time.perf_counter() - start, before_serving)
+    return finish_items(client, as_of, bundle, plan, written, start, before_serving)
 
 
 def _maybe_promote(client: MlflowClient, bundle: bundles.Bundle) -> bool:

@@ -62,12 +62,15 @@ def _use(cfg: Config) -> tuple[mlflow.MlflowClient, str]:
 
 def _project(tiny: TinyProject, root: Path) -> Config:
     """The tiny project's prepared data and Feast repo in `root` with stores of its own (empty), one user per
-    FM batch (so a precompute window has several batches) and no Dask."""
+    FM batch (so a precompute window has several batches), a quick speculator and no Dask."""
     shutil.copytree(tiny.cfg.path(tiny.cfg.paths.prepared), root / "data" / "prepared")
     shutil.copytree(
         tiny.cfg.root / "features", root / "features", ignore=shutil.ignore_patterns("__pycache__")
     )
-    spec = dataclasses.replace(tiny.cfg.speculation, batch_users=1)
+    # a quick speculator (the rows compared do not depend on its quality): fewer days, epochs and budgets
+    spec = dataclasses.replace(
+        tiny.cfg.speculation, batch_users=1, epochs=2, train_days=120, eval_days=7, budgets=[1000]
+    )
     cfg = dataclasses.replace(
         tiny.cfg, root=root, speculation=spec, services=ServicesConfig(), dask=DaskConfig()
     )
