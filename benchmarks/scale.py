@@ -224,7 +224,8 @@ def _flat(
 def _ivf(
     items: np.ndarray, queries: np.ndarray, exact: np.ndarray, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """IndexIVFFlat: build (k-means + add), one query at a time (one thread), batched, recall@k vs exact."""
+    """IndexIVFFlat: build (k-means + add); per nprobe one query at a time (one thread), batched queries/s
+    and recall@k against the exact index."""
     import faiss
 
     dim = items.shape[1]
@@ -232,18 +233,20 @@ def _ivf(
     ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, args.nlist, faiss.METRIC_INNER_PRODUCT)
     ivf.train(items)
     ivf.add(items)
-    ivf.nprobe = args.nprobe
-    out: dict[str, Any] = {"nlist": args.nlist, "nprobe": args.nprobe, "build_s": round(_now() - t, 2)}
+    out: dict[str, Any] = {"nlist": args.nlist, "build_s": round(_now() - t, 2)}
     threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    lat, approx = _one_by_one(ivf, queries[: args.single_queries], args.k)
-    faiss.omp_set_num_threads(threads)
-    recall = np.mean([len(np.intersect1d(a, e)) / args.k for a, e in zip(approx, exact, strict=True)])
-    return (
-        out
-        | {"threads_1": lat, "batch_queries_per_s": round(_batch(ivf, queries, args.k))}
-        | {"recall_at_k": round(float(recall), 4)}
-    )
+    for nprobe in args.nprobes:
+        ivf.nprobe = nprobe
+        faiss.omp_set_num_threads(1)
+        lat, approx = _one_by_one(ivf, queries[: args.single_queries], args.k)
+        faiss.omp_set_num_threads(threads)
+        recall = np.mean([len(np.intersect1d(a, e)) / args.k for a, e in zip(approx, exact, strict=True)])
+        out[f"nprobe_{nprobe}"] = {
+            "threads_1": lat,
+            "batch_queries_per_s": round(_batch(ivf, queries, args.k)),
+            "recall_at_k": round(float(recall), 4),
+        }
+    return out
 
 
 def retrieval_figures(args: argparse.Namespace, dim: int) -> dict[str, Any]:
@@ -298,6 +301,17 @@ def _uniform_stats(users: list[int], rate: float, duration_s: float) -> dict[str
     )
 
 
+def _poisson_uniform(
+    n_users: int, rate: float, duration_s: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Poisson arrivals at `rate` with users drawn uniformly (1..n_users): separates the arrival process
+    from the users' concentration and sessions."""
+    rng = np.random.default_rng(seed)
+    offsets = np.cumsum(rng.exponential(1 / rate, int(rate * duration_s * 1.5)))
+    offsets = offsets[offsets < duration_s]
+    return offsets, rng.integers(1, n_users + 1, len(offsets))
+
+
 async def load_figures(args: argparse.Namespace) -> dict[str, Any]:
     """The real scorer under synthetic and uniform traffic at each load, and 1M unseen users once."""
     served, bundle_id, _, scorer_version = serving.serving_inputs()
@@ -327,6 +341,11 @@ async def load_figures(args: argparse.Namespace) -> dict[str, Any]:
             )
             result[f"uniform_{rate:g}"] = await _measure(
                 server, call, None, rate, args, _uniform_stats(served, rate, args.duration), served, i + 1
+            )
+            offsets, ids = _poisson_uniform(len(served), rate, args.duration, args.seed + i)
+            stream = list(zip(offsets.tolist(), lookup[ids].tolist(), strict=True))
+            result[f"poisson_{rate:g}"] = await _measure(
+                server, call, stream, rate, args, traffic_stats(offsets, ids, args.duration)
             )
         million = SynthConfig(users=args.users, items=args.items, diurnal_amplitude=0.0, seed=args.seed)
         rate = args.million_rate
@@ -417,16 +436,20 @@ def print_figures(results: dict[str, Any]) -> None:
             f"prepare {i['prepare_rows_per_s']:,} rows/s"
         )
     for geometry in ("clustered", "isotropic"):
-        for name in ("flat", "ivf"):
-            x = r.get(geometry, {}).get(name)
-            if x:
-                one = x["threads_1"]
-                print(
-                    f"faiss {geometry:<9} {name:<4} build {x['build_s']} s, one query (1 thread) p50 "
-                    f"{one['one_query_p50_ms']} ms p99 {one['one_query_p99_ms']} ms, batch "
-                    f"{x['batch_queries_per_s']:,} q/s"
-                    + (f", recall@{r['k']} {x['recall_at_k']}" if "recall_at_k" in x else "")
-                )
+        g_res = r.get(geometry, {})
+        rows = [("flat", g_res.get("flat"))] if g_res.get("flat") else []
+        rows += [
+            (k.replace("nprobe_", "ivf/"), v)
+            for k, v in g_res.get("ivf", {}).items()
+            if k.startswith("nprobe")
+        ]
+        for name, x in rows:
+            one = x["threads_1"]
+            recall = f", recall@{r['k']} {x['recall_at_k']}" if "recall_at_k" in x else ""
+            print(
+                f"faiss {geometry:<9} {name:<8} one query (1 thread) p50 {one['one_query_p50_ms']} ms "
+                f"p99 {one['one_query_p99_ms']} ms, batch {x['batch_queries_per_s']:,} q/s{recall}"
+            )
     for key, x in ld.items():
         if isinstance(x, dict) and "p50_ms" in x:
             print(
@@ -455,7 +478,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--single-queries", type=int, default=1_000, help="One-at-a-time faiss queries.")
     ap.add_argument("--k", type=int, default=200, help="Neighbours per query (the scorer's candidates).")
     ap.add_argument("--nlist", type=int, default=1024, help="IVF lists.")
-    ap.add_argument("--nprobe", type=int, default=16, help="IVF lists searched per query.")
+    ap.add_argument(
+        "--nprobes", type=int, nargs="+", default=[16, 64, 256], help="IVF lists searched per query (each)."
+    )
     ap.add_argument("--spread", type=float, default=1.5, help="Noise around cluster centres (retrieval).")
     ap.add_argument(
         "--loads", type=float, nargs="+", default=[50.0, 100.0, 200.0], help="Offered loads (rps)."
@@ -479,6 +504,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json", help="Results JSON."
     )
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="Keep the other parts' figures already in --out (rerun some parts).",
+    )
     ap.add_argument("--quick", action="store_true", help="Smoke run: 50k users x 10k items, 3 s loads.")
     args = ap.parse_args(argv)
     if args.quick:
@@ -500,11 +530,15 @@ def main(argv: list[str] | None = None) -> None:
     from specrec.config import load_config
 
     dim = load_config(args.params).fm.dim
-    results: dict[str, Any] = {
-        "command": shlex.join([".venv/bin/python", "benchmarks/scale.py", *argv]),
+    command = shlex.join([".venv/bin/python", "benchmarks/scale.py", *argv])
+    results: dict[str, Any] = json.loads(args.out.read_text()) if args.merge and args.out.exists() else {}
+    results |= {
+        "command": command,
         "machine": machine(),
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    results.setdefault("commands_by_part", {}).update({part: command for part in args.parts})
+    results.setdefault("machine_by_part", {}).update({part: results["machine"] for part in args.parts})
     t = _now()
     if "generate" in args.parts:
         results["generate"] = generate(args)
@@ -523,6 +557,7 @@ def main(argv: list[str] | None = None) -> None:
             "synthetic": "specrec.data.synthetic.traffic_schedule (Poisson session starts, heavy-tailed "
             "users, bursts of session_events requests with lognormal gaps), no daily cycle over a 20 s load",
             "uniform": "benchmarks/serving.py run_load: evenly spaced, users uniform over the served ones",
+            "poisson": "Poisson arrivals (exponential gaps) at the rate, users uniform over the served ones",
         }
     results["total_s"] = round(_now() - t, 1)
     print_figures(results)
