@@ -8,6 +8,13 @@ a fresh subprocess on a freshly applied Feast repo:
 - feast: `FeatureStore.materialize(start, end)` with explicit dates over a FileSource on the same parquet
   (stock settings: Feast's local engine, one online write batch).
 
+With `--dask-workers N`, a third method, specrec-dask, writes the same parquet from N Dask worker
+processes (a LocalCluster started in the measurement's subprocess; its start-up and the workers' imports
+are timed apart, as `dask_cluster_start_s`): contiguous row ranges (specrec.sharding.ranges, as the sharded
+flow cuts items), each worker streaming its range through `write_online` into the same store. This is the
+online writer on Dask without Prefect's per-task bookkeeping (about 0.1 s a task); its RSS figure is the
+driver's only.
+
 Throughput is items per second of wall time for the write alone (repo set-up excluded); peak RSS is the
 worker process's own maximum resident set (getrusage), taken before the read-back check. After each
 write, a plain `get_online_features` on 2,000 sampled items must return exactly the parquet's values.
@@ -22,6 +29,8 @@ lists the items in the stored key order instead (what `in_key_order` gives a flo
 
     python benchmarks/materialize.py --sqlite-key-ordered              # everything (about 45 min)
     python benchmarks/materialize.py --sizes 10000 --stores sqlite --out /tmp/materialize.json
+    python benchmarks/materialize.py --sizes 100000 --methods specrec --dask-workers 2 \
+        --out benchmarks/results/materialize_dask.json
 """
 
 from __future__ import annotations
@@ -159,6 +168,54 @@ def run_specrec(fs: Any, parquet: Path, batch_rows: int) -> int:
     return write_online(fs, VIEW, frames, batch_rows=batch_rows, progress=False)
 
 
+def _write_range(repo: str, parquet: str, lo: int, hi: int, batch_rows: int) -> int:
+    """One Dask task: rows [lo, hi) of the parquet through write_online into the repo's store."""
+    import pyarrow.parquet as pq
+    from feast import FeatureStore
+
+    from specrec.nearline.online_writer import write_online
+
+    file = pq.ParquetFile(parquet)
+    sizes = [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)]
+    starts = np.cumsum([0, *sizes])
+    groups = [g for g in range(len(sizes)) if starts[g] < hi and starts[g + 1] > lo]  # only the overlapping
+    table = file.read_row_groups(groups).slice(lo - int(starts[groups[0]]), hi - lo)
+    frames = (b.to_pandas() for b in table.to_batches(max_chunksize=batch_rows))
+    return write_online(FeatureStore(repo_path=repo), VIEW, frames, batch_rows=batch_rows, progress=False)
+
+
+def _warm() -> None:
+    """Import what a write needs (a fresh worker process pays this once; a running cluster has paid it)."""
+    import feast  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+
+    import specrec.nearline.online_writer  # noqa: F401
+
+
+def run_specrec_dask(repo: Path, parquet: Path, batch_rows: int, workers: int) -> tuple[int, float, float]:
+    """specrec-dask: contiguous row ranges written by `workers` Dask worker processes; (rows, write seconds,
+    cluster start-up seconds, the workers' imports included)."""
+    import pyarrow.parquet as pq
+    from distributed import Client, LocalCluster
+
+    from specrec.sharding import ranges
+
+    n = pq.ParquetFile(parquet).metadata.num_rows
+    started = time.perf_counter()
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    with cluster, Client(cluster) as client:
+        client.wait_for_workers(workers)
+        client.run(_warm)
+        up = time.perf_counter() - started
+        started = time.perf_counter()
+        futures = [
+            client.submit(_write_range, str(repo), str(parquet), lo, hi, batch_rows, pure=False)
+            for lo, hi in ranges(n, workers)
+        ]
+        rows = sum(client.gather(futures))
+        return rows, time.perf_counter() - started, up
+
+
 def run_feast(fs: Any, parquet: Path) -> int:
     """Stock: FeatureStore.materialize over the explicit window."""
     import pyarrow.parquet as pq
@@ -188,19 +245,24 @@ def verify(fs: Any, parquet: Path, n: int, seed: int = 1) -> bool:
 def worker(args: argparse.Namespace) -> None:
     """One (store, size, method) measurement; the result goes to args.result as JSON."""
     fs = make_store(Path(args.repo), args.store, Path(args.parquet), args.redis_port)
-    started = time.perf_counter()
+    started, extra = time.perf_counter(), {}
     if args.method == "specrec":
         rows = run_specrec(fs, Path(args.parquet), args.batch_rows)
+    elif args.method == "specrec-dask":
+        workers = args.dask_workers
+        rows, seconds, up = run_specrec_dask(Path(args.repo), Path(args.parquet), args.batch_rows, workers)
+        extra = {"dask_cluster_start_s": up, "dask_workers": args.dask_workers}
     else:
         rows = run_feast(fs, Path(args.parquet))
-    seconds = time.perf_counter() - started
+    if args.method != "specrec-dask":
+        seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     result = {
         "rows": rows,
         "seconds": seconds,
         "peak_rss_mb": peak_mb,
         "verified": verify(fs, Path(args.parquet), rows),
-    }
+    } | extra
     Path(args.result).write_text(json.dumps(result))
 
 
@@ -271,6 +333,7 @@ def measure(
     ]
     cmd += ["--parquet", str(parquet), "--repo", str(run_dir / "repo"), "--batch-rows", str(args.batch_rows)]
     cmd += ["--redis-port", str(port)] if port else []
+    cmd += ["--dask-workers", str(args.dask_workers)] if method == "specrec-dask" else []
     limit = args.feast_timeout if method == "feast" else args.specrec_timeout
     load = os.getloadavg()[0]
     print(f"  {store:6s} {parquet.stem:26s} {method:8s} ... ", end="", flush=True)
@@ -334,6 +397,17 @@ def summarise(store_runs: dict[int, dict[str, dict]]) -> dict[str, dict]:
             }
         elif "feast" in runs:
             entry |= _extrapolated(store_runs, n, runs["feast"]["killed"])
+        dask = _finished(runs.get("specrec-dask"))
+        if dask:
+            entry |= {
+                "specrec_dask_rows_per_s": round(dask["rows"] / dask["seconds"]),
+                "specrec_dask_seconds": round(dask["seconds"], 2),
+                "dask_cluster_start_s": round(dask["dask_cluster_start_s"], 2),
+                "dask_workers": dask["dask_workers"],
+            }
+            if ours:
+                ratio = entry["specrec_dask_rows_per_s"] / entry["specrec_rows_per_s"]
+                entry["dask_speedup"] = round(ratio, 2)
         if "specrec_rows_per_s" in entry and entry.get("feast_rows_per_s"):
             entry["speedup"] = round(entry["specrec_rows_per_s"] / entry["feast_rows_per_s"], 2)
         entry["load_avg_1m_before"] = {m: r["load_avg_1m_before"] for m, r in runs.items()}
@@ -410,6 +484,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--specrec-timeout", type=float, default=900, help="seconds before a specrec run is killed"
     )
     p.add_argument("--max-rss-mb", type=float, default=8192, help="resident MB at which a run is killed")
+    p.add_argument(
+        "--dask-workers",
+        type=int,
+        default=0,
+        help="also run specrec-dask: the write split over this many Dask worker processes (0: off)",
+    )
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a new temp dir)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -439,6 +519,7 @@ def main(argv: list[str] | None = None) -> None:
     results["command"] = "python " + shlex.join(["benchmarks/materialize.py", *(argv or sys.argv[1:])])
     results["machine"] = machine()
     results["settings"] = {"dim": DIM, "semantic_levels": SEMANTIC_LEVELS, "batch_rows": args.batch_rows}
+    results["settings"] |= {"dask_workers": args.dask_workers} if args.dask_workers else {}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results, [label for label, _, _ in variants])
@@ -454,7 +535,7 @@ def run_store(args: argparse.Namespace, work: Path, store: str, key_ordered: boo
             if not parquet.exists():
                 write_parquet(parquet, n, key_ordered)
             runs[n] = {}
-            for method in args.methods:
+            for method in [*args.methods, *(["specrec-dask"] if args.dask_workers else [])]:
                 if server:
                     server.flush()
                 runs[n][method] = measure(args, work, store, parquet, method, server.port if server else None)
@@ -478,6 +559,14 @@ def print_table(results: dict[str, Any], stores: list[str]) -> None:
                 f"{e.get('speedup', 0):>9.1f}{e.get('specrec_seconds', 0):>11.1f}{rss:>22s}"
             )
     print("* extrapolated, see feast_rows_per_s_note in the JSON")
+    for store in stores:
+        for n, e in results[store].items():
+            if "specrec_dask_rows_per_s" in e:
+                print(
+                    f"{store:20s}{int(n):>10,d} specrec-dask ({e['dask_workers']} workers): "
+                    f"{e['specrec_dask_rows_per_s']:,} rows/s, x{e.get('dask_speedup', 0):.2f} of in-process "
+                    f"(cluster start {e['dask_cluster_start_s']:.1f} s, not counted)"
+                )
 
 
 if __name__ == "__main__":
