@@ -336,17 +336,14 @@ async def load_figures(args: argparse.Namespace) -> dict[str, Any]:
                 dataclasses.replace(known, seed=args.seed + i), rate, args.duration
             )
             stream = list(zip(offsets.tolist(), lookup[ids].tolist(), strict=True))
-            result[f"synthetic_{rate:g}"] = await _measure(
-                server, call, stream, rate, args, traffic_stats(offsets, ids, args.duration)
-            )
-            result[f"uniform_{rate:g}"] = await _measure(
-                server, call, None, rate, args, _uniform_stats(served, rate, args.duration), served, i + 1
-            )
+            stats = traffic_stats(offsets, ids, args.duration)
+            result[f"synthetic_{rate:g}"] = await _measure(server, call, stream, rate, args, stats)
+            stats = _uniform_stats(served, rate, args.duration)
+            result[f"uniform_{rate:g}"] = await _measure(server, call, None, rate, args, stats, served, i + 1)
             offsets, ids = _poisson_uniform(len(served), rate, args.duration, args.seed + i)
             stream = list(zip(offsets.tolist(), lookup[ids].tolist(), strict=True))
-            result[f"poisson_{rate:g}"] = await _measure(
-                server, call, stream, rate, args, traffic_stats(offsets, ids, args.duration)
-            )
+            stats = traffic_stats(offsets, ids, args.duration)
+            result[f"poisson_{rate:g}"] = await _measure(server, call, stream, rate, args, stats)
         million = SynthConfig(users=args.users, items=args.items, diurnal_amplitude=0.0, seed=args.seed)
         rate = args.million_rate
         offsets, ids = traffic_schedule(million, rate, args.duration)
@@ -355,6 +352,9 @@ async def load_figures(args: argparse.Namespace) -> dict[str, Any]:
         result[f"synthetic_{args.users}_users_{rate:g}"] = await _measure(
             server, call, stream, rate, args, stats
         )
+        for key, value in result.items():
+            if isinstance(value, dict):
+                print(f"load: {key}: {value}", flush=True)
     except Exception as exc:  # noqa: BLE001 - a load that cannot run is reported, not faked
         result["error"] = f"{type(exc).__name__}: {exc}"
         print(f"load: FAILED: {result['error']}", flush=True)
@@ -384,8 +384,6 @@ async def _measure(
         [server], cpu0, time.process_time() - client0, len(load.latencies_ms)
     )
     out["traffic"] = stats
-    kind = "uniform" if stream is None else "synthetic"
-    print(f"load: {kind:<9} {rate:>6g} rps: {out}", flush=True)
     return out
 
 
