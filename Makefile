@@ -91,13 +91,21 @@ demo: $(STAMP) ## run the platform end to end on the shipped dataset (about 15 m
 	@echo "  Prefect UI   make flows, then http://127.0.0.1:4200 (every flow as a scheduled deployment)"
 	@echo "  serve        specrec serve (http://127.0.0.1:8000/docs)"
 
-test: $(STAMP) system-deps ## lint, the whole suite (embedded profile), then the integration tests on production
+# The integration tests whose subject is a store (Feast online store and registry, MLflow tracking and
+# registry, Prefect server): `make test` runs them a second time on the production profile. The rest
+# (pipeline, training, benchmarks' code paths) do not depend on the profile; `make test-production
+# PRODUCTION_TESTS=tests/integration` runs every integration test on it.
+PRODUCTION_TESTS ?= $(addprefix tests/integration/,test_profile_wiring.py test_production_profile.py \
+	test_feast_profiles.py test_fm_registry.py test_materialize.py test_flows_nearline.py \
+	test_scorer_service.py test_scorer_redis.py test_lora_flow.py test_run_cycle.py test_deployments.py)
+
+test: $(STAMP) system-deps ## lint, the whole suite (embedded profile), then the store tests on production
 	$(BIN)/ruff check specrec models flows benchmarks tests
 	$(BIN)/python -m pytest -q -ra
-	SPECREC_PROFILE=production $(BIN)/python -m pytest -q -ra tests/integration
+	$(MAKE) --no-print-directory test-production
 
-test-production: $(STAMP) system-deps ## the integration tests on the production profile (throw-away PostgreSQL + Redis)
-	SPECREC_PROFILE=production $(BIN)/python -m pytest -q -ra tests/integration
+test-production: $(STAMP) system-deps ## integration tests on the production profile (throw-away PostgreSQL + Redis)
+	SPECREC_PROFILE=production $(BIN)/python -m pytest -q -ra $(PRODUCTION_TESTS)
 
 test-fast: $(STAMP) ## unit tests only
 	$(BIN)/python -m pytest -q -ra tests/unit

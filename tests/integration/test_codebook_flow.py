@@ -150,7 +150,8 @@ def test_refresh_flow_codes_new_items_and_writes_them_to_feast(proj: Config, har
     # the serving bundle names this codebook; its item_repr rows carry the IDs (plain Feast read)
     serving = bundles.serving(client)
     assert serving is not None and serving.parts["codebook"] == result["version"]
-    store = FeatureStore(repo_path=str(proj.root / "features"))
+    repo = proj.root / "features"
+    store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / proj.feast_yaml)
     ids = codebook.table["item_id"].tolist()
     got = store.get_online_features(
         features=["item_repr:semantic_id", "item_repr:embedding"],

@@ -4,6 +4,7 @@ retrain_base."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -19,13 +20,13 @@ import yaml
 
 import mlflow
 from models import lora
-from specrec.config import Config, load_config
+from specrec.config import Config, ServicesConfig, load_config
 from specrec.errors import SpecrecError
 from specrec.lora import adapters
 from specrec.lora.finetune import EXPERIMENT, METRIC_KEYS, run_cycle
 from specrec.registry import CHAMPION, alias_version
 from specrec.tracking import experiment_id, use_project_store
-from tests.conftest import copy_project, prefect_harness
+from tests.conftest import copy_project, prefect_harness, write_params
 from tests.integration.conftest import TinyProject
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -165,9 +166,8 @@ def test_adapter_of_another_base_does_not_serve(tiny: TinyProject, copy_dir: Pat
 
 def test_missing_and_corrupt_champion_are_named(tiny: TinyProject, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
-    empty.mkdir()
-    shutil.copy(tiny.params, empty / "params.yaml")
-    cfg = _use(load_config(empty / "params.yaml"))
+    empty.mkdir()  # the tiny project's settings over empty stores of its own
+    cfg = _use(write_params(dataclasses.replace(tiny.cfg, services=ServicesConfig()), empty / "params.yaml"))
     with pytest.raises(SpecrecError, match="no specrec-fm@champion"):
         run_cycle(cfg, CYCLE_1, progress=False)
 

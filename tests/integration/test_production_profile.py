@@ -3,16 +3,18 @@ MLflow tracking and model registry on PostgreSQL (a throw-away cluster started t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 import mlflow
 from specrec.clock import ReplayClock
-from specrec.config import load_config
+from specrec.config import ServicesConfig, load_config
 from specrec.fm.train import EXPERIMENT, REGISTERED_MODEL, _log_model
 from specrec.nearline import bundles
 from specrec.nearline.materialize import load_fm, materialize_items
@@ -20,7 +22,7 @@ from specrec.nearline.store import apply
 from specrec.registry import promote_if_better
 from specrec.services import Postgres, postgres_bin
 from specrec.tracking import experiment_id, use_project_store
-from tests.conftest import require
+from tests.conftest import PROFILE, require
 from tests.integration.conftest import TinyProject
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -52,8 +54,8 @@ def test_production_profile_on_postgres_and_redis(
     monkeypatch.setenv("SPECREC_FEAST_REGISTRY_URL", postgres.url("feast"))
     monkeypatch.setenv("SPECREC_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
     try:
-        cfg = load_config(tiny.params)
-        assert cfg.production and tiny.cfg.profile == "embedded"  # params.yaml says embedded
+        cfg = dataclasses.replace(load_config(tiny.params), services=ServicesConfig())  # servers: the env
+        assert cfg.production and yaml.safe_load(tiny.params.read_text())["profile"] == PROFILE
         assert use_project_store(cfg) == postgres.url("mlflow")
         client = mlflow.MlflowClient()
         # the tiny project's trained FM, logged and promoted into the PostgreSQL store as train_fm does
@@ -97,4 +99,4 @@ def test_production_profile_on_postgres_and_redis(
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = before
-        use_project_store(root)  # the next tests' store again
+        use_project_store(tiny.cfg)  # the next tests' store again

@@ -23,7 +23,7 @@ from specrec.online.app import build_scorer
 from specrec.online.check import serve_in_thread
 from specrec.online.service import create_app
 from specrec.services import RedisProcess
-from specrec.tracking import experiment_id, local_uri
+from specrec.tracking import experiment_id
 from tests.conftest import require
 from tests.integration.conftest import TinyProject
 
@@ -42,13 +42,13 @@ def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
 
 
 def test_redis_stopped_then_restarted(
-    tiny: TinyProject, redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    tiny: TinyProject, redis_server: RedisProcess, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("SPECREC_REDIS", redis_server.url)  # the servers from the environment
-    monkeypatch.setenv("SPECREC_FEAST_REGISTRY_URL", f"sqlite:///{tmp_path / 'feast_sql_registry.db'}")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", local_uri(tiny.cfg.root))
-    cfg = dataclasses.replace(tiny.cfg, profile="production")
-    assert tiny.cfg.profile != "production"  # this test alone switches to Redis
+    # Feast on this test's Redis (and a SQL registry of its own), MLflow where the tiny project has it
+    feast = {"redis": redis_server.url, "feast_registry_url": f"sqlite:///{tmp_path / 'feast_registry.db'}"}
+    cfg = dataclasses.replace(
+        tiny.cfg, profile="production", services=dataclasses.replace(tiny.cfg.services, **feast)
+    )
     client = mlflow.MlflowClient()
     previous = bundles.serving(client)
     store = apply(cfg)

@@ -21,6 +21,7 @@ from specrec.online.app import build_scorer
 from specrec.online.check import serve_in_thread
 from specrec.online.service import create_app
 from specrec.tracking import experiment_id
+from tests.conftest import PROFILE
 from tests.integration.conftest import TinyProject
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -102,6 +103,10 @@ def test_metrics_and_readiness(served: tuple[str, object]) -> None:
         assert name in text
 
 
+@pytest.mark.skipif(
+    PROFILE == "production",
+    reason="locks the embedded profile's SQLite online store; test_scorer_redis stops Redis instead",
+)
 def test_slow_store_gives_degraded_answer_then_recovers(
     served: tuple[str, object], tiny: TinyProject
 ) -> None:
