@@ -9,16 +9,18 @@ Four parts, each printed as it finishes and written to benchmarks/results/scale.
    `prepare` stage run on the first `--validate-rows` events (default 2M; 0 = all): rows/s and the
    time the whole log would take at that rate.
 3. `retrieval`: faiss over 100k item embeddings of `fm.dim` (params.yaml) dimensions, L2-normalised as
-   the FM's are, clustered by the generator's latent taste clusters (not a trained FM: training one on
-   19M events does not fit this machine's budget); user queries near their home cluster. IndexFlatIP
-   (what the scorer uses) and IndexIVFFlat: build time, one-query latency at top-200 (the scorer's
-   candidates), batch queries/s, and the IVF's recall@200 against the exact index.
+   the FM's are (synthetic, not a trained FM: training one on 19M events does not fit this machine's
+   budget): clustered by the generator's latent taste clusters, and isotropic (IVF's worst case).
+   IndexFlatIP (what the scorer uses; one query at a time on faiss's default threads and on one) and
+   IndexIVFFlat per nprobe: build time, one-query latency at top-200 (the scorer's candidates), batch
+   queries/s, and the IVF's recall@200 against the exact index.
 4. `load`: the real scorer (`specrec serve`, started and driven with benchmarks/serving.py's server and
    open-loop client) under requests drawn from the generator's traffic model: Zipf-like heavy users and
    session bursts, Poisson arrivals, over the serving bundle's users (the scorer knows only the users
    materialized in the Feast store: synthetic user i is the i-th of them), compared at the same loads with
-   serving.py's evenly spaced, uniformly drawn requests; and one load of 1M-user traffic whose users the
-   scorer has never seen (the cold-start path).
+   serving.py's evenly spaced, uniformly drawn requests and with Poisson arrivals of uniform users (to
+   separate the arrival process from the users); and one load of 1M-user traffic whose users the scorer
+   has never seen (the cold-start path).
 
     .venv/bin/python benchmarks/scale.py                  # the defaults above (< 15 min on 2 cores)
     .venv/bin/python benchmarks/scale.py --quick          # 50k users x 10k items, short loads (smoke)
