@@ -1,5 +1,6 @@
 """Dask-sharded nearline writes against the in-process ones, as real Prefect flow runs (test harness) on a
-real dask LocalCluster (prefect-dask's DaskTaskRunner), with real Feast (SQLite) and MLflow stores.
+real dask LocalCluster (prefect-dask's DaskTaskRunner), with real Feast (SQLite; Redis on the production
+profile) and MLflow stores.
 
 Two copies of one project that differ only in `dask:` (address null vs local, 2 shards): the same
 materialization and the same precompute window run in both, and the Feast rows read back must be the same.
@@ -31,7 +32,7 @@ from specrec.config import Config, DaskConfig, ServicesConfig
 from specrec.fm.train import EXPERIMENT, _log_model
 from specrec.nearline import bundles
 from specrec.nearline.materialize import history_file, materialize_items
-from specrec.nearline.store import apply, offline_dir
+from specrec.nearline.store import apply, offline_dir, open_store
 from specrec.registry import promote_if_better
 from specrec.speculation import replay
 from specrec.speculation.models import load_hstu
@@ -191,8 +192,8 @@ def test_sharded_materialization_equals_in_process_and_serves_only_when_every_sh
         one[k] for k in ("mode", "promoted", "bundle_id")
     ]
     ids = _items(sharded, as_of)["item_id"].tolist()
-    a = _item_rows(stores[single.root], ids, one["bundle_id"])
-    b = _item_rows(stores[sharded.root], ids, two["bundle_id"])
+    a = _item_rows(open_store(single), ids, one["bundle_id"])  # each project's own store, opened afresh
+    b = _item_rows(open_store(sharded), ids, two["bundle_id"])
     for key in ("item_id", "bundle_id", "item_idx", "semantic_id"):
         assert a[key] == b[key], key
     assert all(e is not None for e in b["embedding"])
@@ -230,7 +231,7 @@ def test_sharded_precompute_writes_the_same_rows_as_in_process(projects: dict) -
         bundle = bundles.register(
             client, bundles.champion_parts(client), experiment_id(cfg.root, "materialize")
         )
-        materialize_items(cfg, clock.cycle(1).as_of, bundle, stores[cfg.root], client, progress=False)
+        materialize_items(cfg, clock.cycle(1).as_of, bundle, open_store(cfg), client, progress=False)
     when = _busiest_window(single, _use(single)[0], clock)
 
     out = {}
@@ -243,8 +244,8 @@ def test_sharded_precompute_writes_the_same_rows_as_in_process(projects: dict) -
         assert one[key] == two[key], key
     events = pd.read_parquet(single.path(single.paths.prepared) / "interactions.parquet")
     users = sorted(events.loc[events["timestamp"] < when, "user_id"].unique().tolist())
-    a = _pair_rows(stores[single.root], users, one["bundle_id"])
-    b = _pair_rows(stores[sharded.root], users, two["bundle_id"])
+    a = _pair_rows(open_store(single), users, one["bundle_id"])
+    b = _pair_rows(open_store(sharded), users, two["bundle_id"])
     assert sorted(a) == sorted(b) and len(a) == one["users"]
     for u in a:
         assert a[u][0] == b[u][0] and pd.Timestamp(a[u][3]) == pd.Timestamp(b[u][3])
