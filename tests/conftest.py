@@ -187,6 +187,8 @@ def write_params(cfg: Config, path: Path) -> Config:
     raw: dict[str, Any] = dataclasses.asdict(on_test_profile(dataclasses.replace(cfg, root=path.parent)))
     raw.pop("root")
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    for key in MLFLOW_URI_VARS:  # the project's own stores from here on, not those an earlier test pointed at
+        os.environ.pop(key, None)
     return load_config(path)
 
 
