@@ -337,8 +337,14 @@ def paired_bootstrap(sets: list[EvalSet], n_boot: int, seed: int = 0) -> dict[st
 # ---- the run ---------------------------------------------------------------------------------------------
 
 
-def run(cfg: Config, n_compare: int, cache: Path, n_boot: int, progress: bool = True) -> dict[str, Any]:
-    """Frozen base once, then per cycle the daily LoRA step and the full retrain; all scored on the next."""
+def run(
+    cfg: Config, n_compare: int, cache: Path, n_boot: int, progress: bool = True, cached_only: bool = False
+) -> dict[str, Any]:
+    """Frozen base once, then per cycle the daily LoRA step and the full retrain; all scored on the next.
+
+    cached_only: compare only the cycles whose full retrain is already in the cache (the LoRA chain still
+    runs through every cycle); the others are listed under `not_compared`.
+    """
     from tqdm import tqdm
 
     events = read_parquet(cfg.path(cfg.paths.prepared) / "interactions.parquet", "prepared interactions")
@@ -350,6 +356,7 @@ def run(cfg: Config, n_compare: int, cache: Path, n_boot: int, progress: bool = 
     reseeded = train_fm_recipe(other_seed, history, cache)
     rows: list[dict[str, Any]] = []
     sets: list[EvalSet] = []
+    not_compared: list[dict[str, Any]] = []
     cycles = clock.cycles()[: n_compare + 1]
     with tempfile.TemporaryDirectory() as tmp, mlflow_store(Path(tmp)):
         lcfg = lora_project(cfg, Path(tmp))
@@ -359,6 +366,10 @@ def run(cfg: Config, n_compare: int, cache: Path, n_boot: int, progress: bool = 
         ):
             known = events[events["timestamp"] < cycle.as_of]
             served, challenger, lora_row = lora_step(lcfg, cycle)
+            if cached_only and not (cache / cache_key(cfg, known) / "meta.json").exists():
+                not_compared.append({"as_of": cycle.name, "reason": "no cached full retrain"} | lora_row)
+                print(json.dumps(not_compared[-1]), flush=True)
+                continue
             full = train_fm_recipe(cfg, known, cache)
             models = {"frozen": frozen.model, "lora": served, "full": full.model}
             models |= {"challenger": challenger or frozen.model, "reseeded": reseeded.model}
@@ -385,7 +396,7 @@ def run(cfg: Config, n_compare: int, cache: Path, n_boot: int, progress: bool = 
     bases = {
         f"{n}_base": {k: t.meta[k] for k in keys} for n, t in (("frozen", frozen), ("reseeded", reseeded))
     }
-    return {"cycles": rows} | bases | summarise(rows, sets, n_boot)
+    return {"cycles": rows, "not_compared": not_compared} | bases | summarise(rows, sets, n_boot)
 
 
 def summarise(rows: list[dict[str, Any]], sets: list[EvalSet], n_boot: int) -> dict[str, Any]:
@@ -498,10 +509,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--bootstrap", type=int, default=2000, help="paired bootstrap resamples")
     p.add_argument("--cache", type=Path, default=CACHE, help="folder of trained FMs (reused by key)")
+    p.add_argument(
+        "--train-only",
+        type=int,
+        nargs="+",
+        default=None,
+        help="only train (into --cache) the full retrains at these cycles (1-based), then stop: lets "
+        "several processes fill the cache in parallel",
+    )
+    p.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="compare only cycles whose full retrain is already cached (filled by --train-only runs)",
+    )
     p.add_argument("--run-name", default="freshness", help="MLflow run name")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
     return p.parse_args(argv)
+
+
+def fill_cache(cfg: Config, cycles: list[int], cache: Path) -> None:
+    """Train the full retrains at the given cycles (1-based) into the cache."""
+    events = read_parquet(cfg.path(cfg.paths.prepared) / "interactions.parquet", "prepared interactions")
+    clock = ReplayClock.from_config(cfg.clock).cycles()
+    for k in cycles:
+        if not 1 <= k <= len(clock):
+            raise SystemExit(f"--train-only {k}: the clock has cycles 1..{len(clock)}")
+        trained = train_fm_recipe(cfg, events[events["timestamp"] < clock[k - 1].as_of], cache)
+        print(f"cycle {k} ({clock[k - 1].name}): {trained.folder} {trained.cpu_s:.0f} CPU s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -510,6 +545,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     cfg = load_config(args.params)
     epochs = args.epochs or champion_epochs(cfg)
+    if args.train_only:
+        fill_cache(recipe(cfg, epochs), args.train_only, args.cache)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         n_cycles = cfg.clock.cycles
         if args.sequence is not None:
@@ -517,7 +555,7 @@ def main(argv: list[str] | None = None) -> None:
             cfg = sequence_project(cfg, args.sequence, args.sequence_step, n_cycles, Path(tmp))
         n_compare = min(args.cycles or n_cycles - 1, n_cycles - 1)
         wall0 = time.perf_counter()
-        result = run(recipe(cfg, epochs), n_compare, args.cache, args.bootstrap)
+        result = run(recipe(cfg, epochs), n_compare, args.cache, args.bootstrap, cached_only=args.cached_only)
     result["wall_seconds"] = time.perf_counter() - wall0
     result["setup"] = {
         "fm": dataclasses.asdict(recipe(cfg, epochs).fm),
