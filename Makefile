@@ -94,10 +94,12 @@ demo: $(STAMP) ## run the platform end to end on the shipped dataset (about 15 m
 # The integration tests whose subject is a store (Feast online store and registry, MLflow tracking and
 # registry, Prefect server): `make test` runs them a second time on the production profile. The rest
 # (pipeline, training, benchmarks' code paths) do not depend on the profile; `make test-production
-# PRODUCTION_TESTS=tests/integration` runs every integration test on it.
-PRODUCTION_TESTS ?= $(addprefix tests/integration/,test_profile_wiring.py test_production_profile.py \
-	test_feast_profiles.py test_fm_registry.py test_materialize.py test_flows_nearline.py \
-	test_scorer_service.py test_scorer_redis.py test_lora_flow.py test_run_cycle.py test_deployments.py)
+# PRODUCTION_TESTS=tests/integration` runs every integration test on it. (In the order the embedded pass
+# runs them: the session's tiny project is shared, and test_lora_flow expects its first FM as champion.)
+PRODUCTION_TESTS ?= $(addprefix tests/integration/,test_deployments.py test_feast_profiles.py \
+	test_flows_nearline.py test_fm_registry.py test_lora_flow.py test_materialize.py \
+	test_production_profile.py test_profile_wiring.py test_run_cycle.py test_scorer_redis.py \
+	test_scorer_service.py)
 
 test: $(STAMP) system-deps ## lint, the whole suite (embedded profile), then the store tests on production
 	$(BIN)/ruff check specrec models flows benchmarks tests
