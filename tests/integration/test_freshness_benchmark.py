@@ -5,15 +5,13 @@ the figures are reproducible."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import mlflow
+from tests.conftest import benchmark_module
 from tests.integration.conftest import TinyProject
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -21,18 +19,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _bench() -> Any:
-    """benchmarks/freshness.py as a module (benchmarks/ is scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("freshness_bench", ROOT / "benchmarks" / "freshness.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_arms_are_the_pipeline_paths(tiny: TinyProject, tmp_path: Path) -> None:
-    fb = _bench()
+    fb = benchmark_module("freshness")
     cfg = fb.recipe(tiny.cfg, 1)
     uri = mlflow.get_tracking_uri()
     result = fb.run(cfg, 1, tmp_path / "cache", n_boot=50, progress=False)

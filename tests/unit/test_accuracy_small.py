@@ -5,8 +5,6 @@ better than popularity. Fixed seed and epoch count; the assertions are relative,
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import sys
 from pathlib import Path
 
 import torch
@@ -14,18 +12,11 @@ import torch
 from models.evaluate import PopularityScorer, evaluate
 from models.sequences import leave_one_out
 from models.train import build_model, train
+from tests.conftest import benchmark_module
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _accuracy_module():  # type: ignore[no-untyped-def]
-    """benchmarks/accuracy.py as a module (benchmarks/ is scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("accuracy_bench", ROOT / "benchmarks" / "accuracy.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_small_movielens_config_lowers_loss_and_beats_popularity_far() -> None:
@@ -38,7 +29,7 @@ def test_small_movielens_config_lowers_loss_and_beats_popularity_far() -> None:
 
 
 def _train_and_compare() -> None:
-    bench = _accuracy_module()
+    bench = benchmark_module("accuracy")
     seqs, n_items = bench.load_movielens(ROOT / "datasets" / "ml-latest-small" / "ratings.csv")
     train_data, valid, test = leave_one_out(seqs)
     # the benchmark's ml-latest-small setup shrunk to CI size: shorter windows, a narrower model, a higher

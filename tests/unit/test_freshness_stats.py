@@ -4,8 +4,6 @@ ratios come out of the per-cycle means."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +13,12 @@ import pandas as pd
 from specrec.clock import Cycle, EventLog
 from specrec.fm.replay_eval import cycle_targets
 from specrec.lora.evaluate import target_users
+from tests.conftest import benchmark_module
 
 ROOT = Path(__file__).resolve().parents[2]
 START = pd.Timestamp("2018-01-01", tz="UTC")
 
 
-def _bench() -> Any:
-    """benchmarks/freshness.py as a module (benchmarks/ is scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("freshness_bench", ROOT / "benchmarks" / "freshness.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_target_users_line_up_with_the_scored_events() -> None:
@@ -65,7 +56,7 @@ def _row(s: Any, arms: tuple[str, ...]) -> dict[str, Any]:
 
 
 def test_bootstrap_resamples_users_and_ratios() -> None:
-    bench = _bench()
+    bench = benchmark_module("freshness")
     # cycle 1: three users, ten events each; full and lora hit (rank 0) where frozen misses (rank 50),
     # but only on user 7's events
     users = [5] * 10 + [6] * 10 + [7] * 10
