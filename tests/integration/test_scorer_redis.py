@@ -23,7 +23,7 @@ from specrec.online.app import build_scorer
 from specrec.online.check import serve_in_thread
 from specrec.online.service import create_app
 from specrec.services import RedisProcess
-from specrec.tracking import experiment_id
+from specrec.tracking import experiment_id, local_uri
 from tests.conftest import require
 from tests.integration.conftest import TinyProject
 
@@ -45,9 +45,13 @@ def test_redis_stopped_then_restarted(
     tiny: TinyProject, redis_server: RedisProcess, tmp_path: Path
 ) -> None:
     # Feast on this test's Redis (and a SQL registry of its own), MLflow where the tiny project has it
-    feast = {"redis": redis_server.url, "feast_registry_url": f"sqlite:///{tmp_path / 'feast_registry.db'}"}
+    servers = {
+        "redis": redis_server.url,
+        "feast_registry_url": f"sqlite:///{tmp_path / 'feast_registry.db'}",
+        "mlflow_tracking_uri": tiny.cfg.services.mlflow_tracking_uri or local_uri(tiny.cfg.root),
+    }
     cfg = dataclasses.replace(
-        tiny.cfg, profile="production", services=dataclasses.replace(tiny.cfg.services, **feast)
+        tiny.cfg, profile="production", services=dataclasses.replace(tiny.cfg.services, **servers)
     )
     client = mlflow.MlflowClient()
     previous = bundles.serving(client)
