@@ -29,7 +29,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GIT_PYTHON_REFRESH := quiet
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup system-deps services services-stop demo test test-production test-fast lint mlflow-ui flows clean
+.PHONY: help setup system-deps services services-stop demo test test-embedded test-production test-fast lint mlflow-ui flows clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -91,23 +91,22 @@ demo: $(STAMP) ## run the platform end to end on the shipped dataset (about 15 m
 	@echo "  Prefect UI   make flows, then http://127.0.0.1:4200 (every flow as a scheduled deployment)"
 	@echo "  serve        specrec serve (http://127.0.0.1:8000/docs)"
 
-# The integration tests whose subject is a store (Feast online store and registry, MLflow tracking and
-# registry, Prefect server): `make test` runs them a second time on the production profile. The rest
-# (pipeline, training, benchmarks' code paths) do not depend on the profile; `make test-production
-# PRODUCTION_TESTS=tests/integration` runs every integration test on it. (In the order the embedded pass
-# runs them: the session's tiny project is shared, and test_lora_flow expects its first FM as champion.)
-PRODUCTION_TESTS ?= $(addprefix tests/integration/,test_deployments.py test_feast_profiles.py \
-	test_flows_nearline.py test_fm_registry.py test_lora_flow.py test_materialize.py \
-	test_production_profile.py test_profile_wiring.py test_run_cycle.py test_scorer_redis.py \
-	test_scorer_service.py)
+# `make test` runs the whole suite on the embedded profile and every integration test a second time on
+# the production profile (throw-away PostgreSQL + Redis, fresh databases per test project). The two
+# passes run side by side: most of their time is spent waiting for servers and subprocesses, so together
+# they take little more than the longer one on two cores. Each pass's output is printed when it ends
+# (make --output-sync); `make test-embedded` or `make test-production` runs one of them.
+PRODUCTION_TESTS ?= tests/integration
 
-test: $(STAMP) system-deps ## lint, the whole suite (embedded profile), then the store tests on production
+test: $(STAMP) system-deps ## lint, then the whole suite (embedded) and the integration tests (production) side by side
 	$(BIN)/ruff check specrec models flows benchmarks tests
-	$(BIN)/python -m pytest -q -ra
-	$(MAKE) --no-print-directory test-production
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-embedded test-production
+
+test-embedded: $(STAMP) ## the whole suite on the embedded profile
+	$(BIN)/python -m pytest -q -ra -p no:cacheprovider --durations=15
 
 test-production: $(STAMP) system-deps ## integration tests on the production profile (throw-away PostgreSQL + Redis)
-	SPECREC_PROFILE=production $(BIN)/python -m pytest -q -ra $(PRODUCTION_TESTS)
+	SPECREC_PROFILE=production $(BIN)/python -m pytest -q -ra -p no:cacheprovider --durations=15 $(PRODUCTION_TESTS)
 
 test-fast: $(STAMP) ## unit tests only
 	$(BIN)/python -m pytest -q -ra tests/unit

@@ -46,6 +46,9 @@ GRID: dict[str, dict[str, Any]] = {
     "r=16": {"r": 16, "alpha": 32.0},
     "replay=0.2": {"replay_share": 0.2},
     "replay=0.8": {"replay_share": 0.8},
+    "replay=0.9": {"replay_share": 0.9},
+    "replay=0.9,lr=0.001": {"replay_share": 0.9, "lr": 0.001},
+    "replay=0.9,epochs=10": {"replay_share": 0.9, "epochs": 10},
     "no_warm_start": {"warm_start": False},
     "no_new_item_rows": {"new_item_rows": False},
 }
