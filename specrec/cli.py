@@ -250,12 +250,23 @@ def serve(
     deadline_ms: Annotated[
         float, typer.Option(help="Online-store deadline; past it the answer is degraded.")
     ] = 50.0,
+    faiss_threads: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="OpenMP threads of the ANN search. One query at a time is fastest on one thread: faiss's "
+            "default (every core) cost 30-40x more per query on a busy machine (docs/operations.md).",
+        ),
+    ] = 1,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Serve recommendations over HTTP (POST /recommend, POST /score, /healthz, /readyz, /metrics)."""
 
     def run(cfg: Config) -> None:
+        import faiss
         import uvicorn
+
+        faiss.omp_set_num_threads(faiss_threads)
 
         from specrec.online.app import build_scorer
         from specrec.online.service import create_app

@@ -4,8 +4,13 @@ real Feast store and MLflow registry; bad input, cold start, degraded answers, a
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -18,7 +23,7 @@ from specrec.nearline.materialize import materialize_items
 from specrec.nearline.store import apply
 from specrec.nearline.user_state import update_user_state
 from specrec.online.app import build_scorer
-from specrec.online.check import serve_in_thread
+from specrec.online.check import free_port, serve_in_thread
 from specrec.online.service import create_app
 from specrec.tracking import experiment_id
 from tests.conftest import PROFILE
@@ -64,6 +69,46 @@ def test_recommend_known_user(served: tuple[str, object], tiny: TinyProject) -> 
     assert body["bundle_id"] == scorer.state.bundle.bundle_id
     assert not set(body["items"]) & set(history[-20:])  # recent items excluded
     assert body["scores"] == sorted(body["scores"], reverse=True)
+
+
+def test_specrec_serve_command_answers_like_the_in_process_scorer(
+    served: tuple[str, object], tiny: TinyProject
+) -> None:
+    """`specrec serve` as users start it: a subprocess that finds the project's stores from params.yaml
+    alone (no MLflow URI inherited), serving the same bundle and the same answer as the scorer above."""
+    url, scorer = served
+    user, _ = _known_user(tiny)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    cmd = [str(Path(sys.executable).parent / "specrec"), "serve", "--port", str(port), "--faiss-threads", "1"]
+    cmd += ["--deadline-ms", "5000", "--params", str(tiny.params)]
+    log = tiny.cfg.root / f"serve_{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=tiny.cfg.root, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, f"specrec serve exited: {log.read_text()[-2000:]}"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"specrec serve not ready in 180 s: {log.read_text()[-2000:]}"
+            time.sleep(0.5)
+        sub = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"user_id": user, "k": 10}).json()
+        here = httpx.post(f"{url}/recommend", json={"user_id": user, "k": 10}).json()
+        assert sub["bundle_id"] == scorer.state.bundle.bundle_id  # type: ignore[attr-defined]
+        assert not sub["degraded"] and not sub["cold_start"] and len(sub["items"]) == 10
+        if not here["degraded"]:  # the in-process server keeps its 50 ms store deadline
+            assert sub["items"] == here["items"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def test_cold_start_bad_input_and_unknown_items(served: tuple[str, object], tiny: TinyProject) -> None:
