@@ -141,13 +141,14 @@ def main(argv: list[str] | None = None) -> None:
         "frozen_base": {k: frozen.meta[k] for k in ("cpu_s", "epochs", "best_epoch", "stopped")},
         "ranking": sorted(results, key=lambda n: -results[n]["mean_gain"]),
         "settings": results,
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "commands": ["python " + " ".join(shlex.quote(a) for a in sys.argv)],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.out.exists() and args.only:  # keep earlier settings' results
         old = json.loads(args.out.read_text())
         if old.get("validation_clock") == out["validation_clock"]:
             out["settings"] = old["settings"] | results
+            out["commands"] = old.get("commands", [old.get("command")]) + out["commands"]
             out["ranking"] = sorted(out["settings"], key=lambda n: -out["settings"][n]["mean_gain"])
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print("ranking:", out["ranking"])
