@@ -9,7 +9,7 @@ from prefect import runtime
 
 from mlflow import MlflowClient
 from specrec.config import Config, load_config
-from specrec.errors import SpecrecError
+from specrec.errors import SpecrecError, StoreUnreachable
 from specrec.tracking import use_project_store
 
 
@@ -21,9 +21,12 @@ def setup(params: str) -> tuple[Config, MlflowClient]:
 
 
 def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry transient failures (store or network errors), never bad input or configuration."""
+    """Retry transient failures (store or network errors, a store server down), never bad input or
+    configuration."""
     try:
         state.result()
+    except StoreUnreachable:  # a store server down (or restarting): worth another try
+        return True
     except SpecrecError:
         return False
     except Exception:  # noqa: BLE001 - everything else may be transient

@@ -19,3 +19,8 @@ class DataError(SpecrecError):
 
 class DownloadError(SpecrecError):
     """A dataset archive could not be fetched or failed its checksum."""
+
+
+class StoreUnreachable(SpecrecError):
+    """A server the production profile points at does not accept connections (transient for flows: their
+    tasks retry it; a command prints it and exits instead of hanging in a client's own retries)."""

@@ -236,6 +236,32 @@ def endpoints(cfg: Config) -> Endpoints:
     )
 
 
+def check_postgres(what: str, key: str, url: str, timeout_s: float = 3.0) -> None:
+    """Raise StoreUnreachable naming `services.<key>` when the PostgreSQL in `url` refuses connections.
+
+    MLflow's client retries a refused connection with backoff for about two minutes before it fails; a
+    TCP connect with a short timeout tells the user at once. URLs that are not PostgreSQL over TCP pass.
+    """
+    from sqlalchemy.engine import make_url
+
+    from specrec.errors import StoreUnreachable
+
+    if not url.startswith("postgresql"):
+        return
+    parsed = make_url(url)
+    host, port = parsed.host or "127.0.0.1", parsed.port or 5432
+    if host.startswith("/"):  # a Unix socket folder: nothing to probe over TCP
+        return
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as err:
+        raise StoreUnreachable(
+            f"{what}: PostgreSQL at {host}:{port} (services.{key}) does not accept connections "
+            f"({err.strerror or err}); start it (`make services` runs one on loopback) or point "
+            f"services.{key} at a running server."
+        ) from None
+
+
 def env_lines() -> list[str]:
     """The switch and the variables the production profile reads (Feast repo, MLflow, Prefect server)."""
     return [
@@ -279,7 +305,7 @@ def start() -> None:
     else:
         pg.create(DATABASES)
         print(f"PostgreSQL started on 127.0.0.1:{PG_PORT}, databases {', '.join(DATABASES)} ({pg.folder})")
-    print("\nexport these for the production profile (or: eval \"$(python -m specrec.services env)\"):")
+    print('\nexport these for the production profile (or: eval "$(python -m specrec.services env)"):')
     print("\n".join(env_lines()))
 
 

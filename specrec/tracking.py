@@ -54,10 +54,11 @@ def use_project_store(target: Config | Path) -> str:
     from specrec.config import Config
 
     if isinstance(target, Config) and target.production:
-        from specrec.services import endpoints
+        from specrec.services import check_postgres, endpoints
 
         found = endpoints(target)
         uri = found.mlflow_tracking_uri
+        check_postgres("MLflow tracking", "mlflow_tracking_uri", uri)
         os.environ[ARTIFACT_ROOT_ENV] = found.artifact_root
     else:
         root = target.root if isinstance(target, Config) else target

@@ -68,3 +68,20 @@ def test_stage_module_entry_point(root: Path) -> None:
         [sys.executable, "-m", "specrec.data.ingest", "--help"], capture_output=True, text=True
     )
     assert proc.returncode == 0 and "--params" in proc.stdout
+
+
+def test_production_store_down_is_one_line_not_minutes_of_retries(tmp_path: Path, root: Path) -> None:
+    """MLflow's client retries a refused PostgreSQL for about two minutes; the command says so at once."""
+    import socket
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["profile"] = "production"
+    params["services"]["mlflow_tracking_uri"] = f"postgresql+psycopg://specrec@127.0.0.1:{port}/mlflow"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = _run("report", "--params", str(tmp_path / "params.yaml"))  # 120 s timeout: a hang fails here
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"127.0.0.1:{port}" in proc.stderr and "services.mlflow_tracking_uri" in proc.stderr
+    assert "make services" in proc.stderr

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 from pathlib import Path
 
 import pytest
 import yaml
 
 from specrec.config import ServicesConfig, load_config
-from specrec.errors import ConfigError, SpecrecError
-from specrec.services import endpoints, env_lines
-from specrec.tracking import artifact_location, local_uri
+from specrec.errors import ConfigError, SpecrecError, StoreUnreachable
+from specrec.services import check_postgres, endpoints, env_lines
+from specrec.tracking import artifact_location, local_uri, use_project_store
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_VARS = (
@@ -114,3 +115,48 @@ def test_experiments_get_the_artifact_root(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("MLFLOW_TRACKING_URI", local_uri(tmp_path))
     monkeypatch.delenv("SPECREC_ARTIFACT_ROOT")
     assert artifact_location(tmp_path, "x") == (tmp_path / "mlflow/artifacts/x").as_uri()
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_postgres_is_one_line_naming_the_setting(params: Path) -> None:
+    port = _closed_port()
+    url = f"postgresql+psycopg://specrec:pw@127.0.0.1:{port}/mlflow"
+    cfg = dataclasses.replace(
+        load_config(params), profile="production", services=ServicesConfig(mlflow_tracking_uri=url)
+    )
+    with pytest.raises(StoreUnreachable) as err:
+        use_project_store(cfg)  # before mlflow is pointed anywhere: its client would retry for minutes
+    text = str(err.value)
+    assert f"127.0.0.1:{port}" in text and "services.mlflow_tracking_uri" in text
+    assert "make services" in text and "pw" not in text and "\n" not in text
+    with socket.socket() as listening:  # something accepting connections there: no error
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        check_postgres(
+            "MLflow tracking", "mlflow_tracking_uri", url.replace(str(port), str(listening.getsockname()[1]))
+        )
+    check_postgres(
+        "MLflow tracking", "mlflow_tracking_uri", "sqlite:///x.db"
+    )  # not PostgreSQL: nothing to probe
+
+
+def test_flow_tasks_retry_a_store_that_is_down_but_not_bad_input() -> None:
+    from prefect.states import Completed, Failed
+
+    from flows.common import retry_unless_user_error
+
+    down = Failed(
+        data=StoreUnreachable("MLflow tracking: PostgreSQL at 127.0.0.1:1 does not accept connections")
+    )
+    assert retry_unless_user_error(None, None, down)
+    assert not retry_unless_user_error(
+        None, None, Failed(data=ConfigError("clock.cadence", "x", "a duration"))
+    )
+    assert retry_unless_user_error(None, None, Failed(data=ConnectionError("reset")))
+    assert not retry_unless_user_error(None, None, Completed(data=1))
