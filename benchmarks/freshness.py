@@ -201,13 +201,15 @@ def mlflow_store(root: Path) -> Iterator[None]:
     try:
         yield
     finally:
+        # mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI: with nothing set before the block, `old`
+        # is MLflow's default (sqlite:///mlflow.db in the cwd), so the variables are restored after it
+        mlflow.set_tracking_uri(old[0])
+        mlflow.set_registry_uri(old[1])
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        mlflow.set_tracking_uri(old[0])
-        mlflow.set_registry_uri(old[1])
 
 
 def lora_project(cfg: Config, root: Path) -> Config:

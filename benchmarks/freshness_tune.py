@@ -49,6 +49,10 @@ GRID: dict[str, dict[str, Any]] = {
     "replay=0.9": {"replay_share": 0.9},
     "replay=0.9,lr=0.001": {"replay_share": 0.9, "lr": 0.001},
     "replay=0.9,epochs=10": {"replay_share": 0.9, "epochs": 10},
+    "lr=0.0001": {"lr": 0.0001},
+    "lr=0.0003,epochs=2": {"lr": 0.0003, "epochs": 2},
+    "tolerance=0": {"tolerance": 0.0},
+    "holdout=0.5": {"holdout_share": 0.5},
     "no_warm_start": {"warm_start": False},
     "no_new_item_rows": {"new_item_rows": False},
 }

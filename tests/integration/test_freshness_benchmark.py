@@ -19,8 +19,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-
-
 def test_arms_are_the_pipeline_paths(tiny: TinyProject, tmp_path: Path) -> None:
     fb = benchmark_module("freshness")
     cfg = fb.recipe(tiny.cfg, 1)
@@ -60,3 +58,22 @@ def test_arms_are_the_pipeline_paths(tiny: TinyProject, tmp_path: Path) -> None:
     assert again["full_cached"] and again["full_cpu_s"] == row["full_cpu_s"]
     for key in ("frozen_ndcg@10", "full_ndcg@10", "lora_ndcg@10", "challenger_ndcg@10"):
         assert again[key] == row[key], key
+
+
+def test_throwaway_store_leaves_no_tracking_uri_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no MLflow URI set before, none is set after: mlflow.set_tracking_uri sets the variable, and a
+    restored default (sqlite:///mlflow.db) sent the benchmark's own run into the cwd's mlflow.db."""
+    import os
+
+    fb = benchmark_module("freshness")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    with fb.mlflow_store(tmp_path):
+        assert os.environ["MLFLOW_TRACKING_URI"].startswith("sqlite:///" + str(tmp_path))
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////somewhere/else.db")
+    with fb.mlflow_store(tmp_path):
+        pass
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:////somewhere/else.db"
