@@ -266,11 +266,10 @@ def serve(
         import faiss
         import uvicorn
 
-        faiss.omp_set_num_threads(faiss_threads)
-
         from specrec.online.app import build_scorer
         from specrec.online.service import create_app
 
+        faiss.omp_set_num_threads(faiss_threads)
         scorer, watch = build_scorer(cfg, not sequential, candidates, deadline_ms / 1000)
         uvicorn.run(
             create_app(scorer, watch),

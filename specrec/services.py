@@ -249,7 +249,8 @@ def check_postgres(what: str, key: str, url: str, timeout_s: float = 3.0) -> Non
     if not url.startswith("postgresql"):
         return
     parsed = make_url(url)
-    host, port = parsed.host or "127.0.0.1", parsed.port or 5432
+    host = parsed.host or str(parsed.query.get("host") or "127.0.0.1")  # libpq's ?host= may name a socket
+    port = parsed.port or 5432
     if host.startswith("/"):  # a Unix socket folder: nothing to probe over TCP
         return
     try:

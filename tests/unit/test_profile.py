@@ -141,9 +141,8 @@ def test_unreachable_postgres_is_one_line_naming_the_setting(params: Path) -> No
         check_postgres(
             "MLflow tracking", "mlflow_tracking_uri", url.replace(str(port), str(listening.getsockname()[1]))
         )
-    check_postgres(
-        "MLflow tracking", "mlflow_tracking_uri", "sqlite:///x.db"
-    )  # not PostgreSQL: nothing to probe
+    for not_tcp in ("sqlite:///x.db", "postgresql+psycopg://specrec@/mlflow?host=/var/run/postgresql"):
+        check_postgres("MLflow tracking", "mlflow_tracking_uri", not_tcp)  # nothing to probe over TCP
 
 
 def test_flow_tasks_retry_a_store_that_is_down_but_not_bad_input() -> None:
