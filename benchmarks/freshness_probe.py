@@ -139,11 +139,12 @@ def windows_for(
     known: pd.DataFrame, cyc: Cycle, cutoff: pd.Timestamp, cfg: Config, max_len: int, replay: float
 ) -> tuple[list[lora.Window], list[int]]:
     """The training windows of one variant (see the module docstring) and the new items' rows."""
-    data = cycle_data(known, cyc, cutoff, max_len, cfg.lora.holdout_share, min(max(replay, 0.0), 0.5), 0)
-    rng = np.random.default_rng(0)
+    # the cycle's own replay share when REPLAY is one; otherwise its replay windows are not used
+    share = replay if 0 <= replay < 1 else 0.0
+    data = cycle_data(known, cyc, cutoff, max_len, cfg.lora.holdout_share, share, 0)
     if 0 <= replay < 1:
-        data = cycle_data(known, cyc, cutoff, max_len, cfg.lora.holdout_share, replay, 0)
         return data.windows, data.new_items
+    rng = np.random.default_rng(0)
     older = known[known["timestamp"] < (cyc.start if replay > 1 else cutoff)]
     if replay > 1:
         return data.new_windows + replay_windows(older, int(replay), max_len, rng), data.new_items

@@ -56,6 +56,8 @@ from typing import Any
 
 import numpy as np
 
+from specrec.services import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RESULTS = ROOT / "benchmarks" / "results" / "reliability.json"
@@ -176,13 +178,6 @@ def known_users(cfg: Any) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------------ servers
-
-
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    from specrec.online.check import free_port as free
-
-    return free()
 
 
 def wait_until(ready: Callable[[], bool], seconds: float, what: str) -> None:

@@ -31,7 +31,6 @@ import platform
 import random
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,6 +41,8 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+
+from specrec.services import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -57,13 +58,6 @@ Call = Callable[[aiohttp.ClientSession, int, dict[str, list[float]]], Awaitable[
 
 
 # ----------------------------------------------------------------------------------------- servers
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

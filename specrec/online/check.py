@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,13 +16,7 @@ from specrec.config import Config
 from specrec.io import read_parquet
 from specrec.online.app import build_scorer
 from specrec.online.service import create_app
-
-
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from specrec.services import free_port
 
 
 @contextlib.contextmanager

@@ -77,7 +77,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     binary = shutil.which("redis-server")
     require(binary is not None, "redis-server (Debian package redis-server; `make services` installs it)")
-    from specrec.online.check import free_port
+    from specrec.services import free_port
 
     port, folder = free_port(), tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(

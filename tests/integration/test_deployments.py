@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prefect server in a temp home; its API URL. Fails in CI, skips locally, if it cannot start."""
-    from specrec.online.check import free_port
+    from specrec.services import free_port
 
     home, database = tmp_path_factory.mktemp("prefect-home"), prefect_database()
     server = running(home, "127.0.0.1", free_port(), timeout_s=90, database_url=database)

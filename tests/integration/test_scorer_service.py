@@ -23,8 +23,9 @@ from specrec.nearline.materialize import materialize_items
 from specrec.nearline.store import apply
 from specrec.nearline.user_state import update_user_state
 from specrec.online.app import build_scorer
-from specrec.online.check import free_port, serve_in_thread
+from specrec.online.check import serve_in_thread
 from specrec.online.service import create_app
+from specrec.services import free_port
 from specrec.tracking import experiment_id
 from tests.conftest import PROFILE
 from tests.integration.conftest import TinyProject
