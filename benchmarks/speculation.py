@@ -136,6 +136,14 @@ def main() -> None:
             # the full FM with the history of the request's window start (the scorer's and the rows')
             "ndcg@10_full_fm_window_start": d["ndcg@10_full_fm_window"],
             "quality_recovered_window_start": _finite(d["quality_recovered_window_start"]),
+            # the same scorer with the FM's pair vector on every candidate: computed at the request, and
+            # with the window start's history (what 100% coverage would give; speculation's own ceiling)
+            "ndcg@10_all_pairs": d["ndcg@10_all_pairs"],
+            "ndcg@10_all_pairs_window_start": d["ndcg@10_all_pairs_window"],
+            "quality_recovered_of_all_pairs": _finite(d["quality_recovered_of_all_pairs"]),
+            "quality_recovered_of_all_pairs_window_start": _finite(
+                d["quality_recovered_of_all_pairs_window"]
+            ),
             # per-request paired NDCG@10 differences: mean and 95% bootstrap interval over requests
             "paired_differences": {
                 f"{a} - {b}": [d[f"ndcg@10_{a}_minus_{b}{end}"] for end in ("", "_ci_low", "_ci_high")]

@@ -302,6 +302,29 @@ class HSTU(nn.Module):
         vector is the user state plus the candidate token's output, so the pair score starts from the
         decomposable retrieval score and learns the target-aware interaction on top.
         """
+        t = items.shape[1]
+        h = self._with_candidates(items, timestamps, candidates, candidate_ts)  # (B, T+C, D)
+        # The candidate's own output is a target-aware correction to the user state it builds on.
+        pair = h[:, t - 1 : t] + h[:, t:]  # (B, C, D)
+        return h[:, :t], F.normalize(pair, dim=-1) if self.config.l2_norm else pair
+
+    def candidate_outputs(
+        self, items: torch.Tensor, timestamps: torch.Tensor, candidates: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The user state (B, D) and each candidate token's own output (B, C, D), from one M-FALCON pass:
+        the parts `encode_with_candidates` adds into the pair vector, for heads built on them."""
+        t = items.shape[1]
+        h = self._with_candidates(items, timestamps, candidates, None)
+        return h[:, t - 1], h[:, t:]
+
+    def _with_candidates(
+        self,
+        items: torch.Tensor,
+        timestamps: torch.Tensor,
+        candidates: torch.Tensor,
+        candidate_ts: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Outputs (B, T+C, D) of one pass over [history | candidates] (see encode_with_candidates)."""
         b, t = items.shape
         c = candidates.shape[1]
         if candidate_ts is None:
@@ -311,10 +334,7 @@ class HSTU(nn.Module):
         ts = torch.cat([timestamps, candidate_ts], dim=1)  # (B, T+C)
         x = torch.cat([self._embed(items), self._embed(candidates) + self.candidate_marker], dim=1)
         h, _ = self._layers(x, pos, pos, ts, ts, _falcon_mask(items, c))
-        h = self._output(h)  # (B, T+C, D)
-        # The candidate's own output is a target-aware correction to the user state it builds on.
-        pair = h[:, t - 1 : t] + h[:, t:]  # (B, C, D)
-        return h[:, :t], F.normalize(pair, dim=-1) if self.config.l2_norm else pair
+        return self._output(h)
 
     # ---- incremental encoding for returning users -------------------------------------------------------
 

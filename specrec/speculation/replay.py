@@ -445,6 +445,10 @@ def quality(
     FM run online at the request: every event before it in the history (the upper bound of the issue);
     `full_fm_window` scores with the history of the request's state (what a 100%-coverage speculation
     at the window start would give, and what the full FM would see with the scorer's information).
+    `all_pairs` is the thin scorer with the FM's pair vector on every candidate, computed at the request
+    (the FM's pair representation run online for all of them, then the served interaction step);
+    `all_pairs_window` the same with the window start's history: what 100% coverage would give, so
+    `quality_recovered_of_all_pairs_window` is the share of its own attainable gain speculation delivers.
     Per-request paired differences with bootstrap intervals come with the means (`paired_gains`).
     """
     from models.evaluate import metrics_from_ranks
@@ -452,12 +456,15 @@ def quality(
     served = outcome.served
     keys = [(int(reqs.user[r.request]), int(reqs.history[r.request])) for r in served]
     fresh = [(int(reqs.user[r.request]), int(reqs.position[r.request])) for r in served]
-    teacher = _full_fm(world, fresh, [r.candidates for r in served])
-    teacher_window = _full_fm(world, keys, [r.candidates for r in served])
-    ranks: dict[str, list[torch.Tensor]] = {"with": [], "without": [], "full_fm": [], "full_fm_window": []}
+    pair_fresh, teacher = _full_fm(world, fresh, [r.candidates for r in served])
+    pair_window, teacher_window = _full_fm(world, keys, [r.candidates for r in served])
+    ranks: dict[str, list[torch.Tensor]] = {k: [] for k in VARIANTS}
     for lo in range(0, len(served), batch):
         part = served[lo : lo + batch]
-        cand = np.stack([r.candidates for r in part])  # (B, N)
+        # a request may have fewer than N candidates (a small catalogue minus seen items): right-pad with
+        # the padding item 0, whose columns rank below every real candidate
+        cand = _pad([r.candidates for r in part], 0)  # (B, N)
+        pad = torch.from_numpy(cand == 0)
         u = torch.from_numpy(np.stack([world.state(k) for k in keys[lo : lo + batch]]))  # (B, D)
         e = torch.from_numpy(world.table[cand])  # (B, N, D)
         s = torch.from_numpy(
@@ -466,18 +473,24 @@ def quality(
         p, hit = np.zeros(e.shape, np.float32), np.zeros(cand.shape, np.float32)
         for b, r in enumerate(part):
             if r.row_vectors is not None and r.row_items is not None and r.hit.any():
-                at = np.searchsorted(r.row_items, r.candidates[r.hit])
-                p[b, r.hit] = np.asarray(r.row_vectors)[at]
-                hit[b, r.hit] = 1.0
+                cols = np.flatnonzero(r.hit)
+                p[b, cols] = np.asarray(r.row_vectors)[np.searchsorted(r.row_items, r.candidates[cols])]
+                hit[b, cols] = 1.0
         label = np.array([reqs.item[r.request] for r in part])
         found = cand == label[:, None]
         col = torch.from_numpy(np.where(found.any(1), found.argmax(1), -1))
+        every = torch.from_numpy((cand != 0).astype(np.float32))
         scores = {
             "with": scorer(u, e, torch.from_numpy(p), torch.from_numpy(hit), s),
             "without": scorer(u, e, torch.from_numpy(p), torch.zeros(hit.shape), s),
-            "full_fm": torch.from_numpy(np.stack(teacher[lo : lo + batch])),
-            "full_fm_window": torch.from_numpy(np.stack(teacher_window[lo : lo + batch])),
+            "full_fm": torch.from_numpy(_pad(teacher[lo : lo + batch], 0.0)),
+            "full_fm_window": torch.from_numpy(_pad(teacher_window[lo : lo + batch], 0.0)),
+            "all_pairs": scorer(u, e, torch.from_numpy(_pad(pair_fresh[lo : lo + batch], 0.0)), every, s),
+            "all_pairs_window": scorer(
+                u, e, torch.from_numpy(_pad(pair_window[lo : lo + batch], 0.0)), every, s
+            ),
         }
+        scores = {name: sc.masked_fill(pad, -torch.inf) for name, sc in scores.items()}
         for name, sc in scores.items():
             own = sc.gather(1, col.clamp(min=0).unsqueeze(1))
             ranks[name].append(torch.where(col >= 0, (sc > own).sum(1), torch.full_like(col, 10**9)))
@@ -489,9 +502,20 @@ def quality(
     out["quality_recovered"] = _recovered(out, "full_fm")
     # the same ratio against the full FM with the history the request's state has (equal information)
     out["quality_recovered_window_start"] = _recovered(out, "full_fm_window")
+    out["quality_recovered_of_all_pairs"] = _recovered(out, "all_pairs")
+    out["quality_recovered_of_all_pairs_window"] = _recovered(out, "all_pairs_window")
     gains = {k: _ndcg10(torch.cat(v)) if v else np.zeros(0) for k, v in ranks.items()}
     lag = np.array([int(reqs.position[r.request] - reqs.history[r.request]) for r in served], np.int64)
     out |= paired_gains(gains, lag == 0, seed=world.spec.seed)
+    return out
+
+
+def _pad(arrays: list[np.ndarray], fill: float) -> np.ndarray:
+    """Stack arrays whose first axis differs, right-padding each with `fill` to the longest."""
+    n = max(len(a) for a in arrays)
+    out = np.full((len(arrays), n, *arrays[0].shape[1:]), fill, dtype=arrays[0].dtype)
+    for b, a in enumerate(arrays):
+        out[b, : len(a)] = a
     return out
 
 
@@ -507,7 +531,16 @@ def _ndcg10(ranks: torch.Tensor) -> np.ndarray:
     return np.where(r < 10, 1.0 / np.log2(r + 2), 0.0)
 
 
-PAIRED = (("with", "without"), ("full_fm", "without"), ("full_fm_window", "without"), ("full_fm", "with"))
+VARIANTS = ("with", "without", "full_fm", "full_fm_window", "all_pairs", "all_pairs_window")
+PAIRED = (
+    ("with", "without"),
+    ("full_fm", "without"),
+    ("full_fm_window", "without"),
+    ("full_fm", "with"),
+    ("all_pairs", "without"),
+    ("all_pairs_window", "without"),
+    ("all_pairs_window", "with"),
+)
 
 
 def paired_gains(
@@ -533,8 +566,10 @@ def paired_gains(
     return out
 
 
-def _full_fm(world: World, keys: list[Key], cands: list[np.ndarray]) -> list[np.ndarray]:
-    """FM pair scores of each request's candidates (computed once per distinct (key, candidates))."""
+def _full_fm(
+    world: World, keys: list[Key], cands: list[np.ndarray]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """FM pair vectors and scores of each request's candidates (once per distinct (key, candidates))."""
     distinct: dict[tuple[Key, bytes], int] = {}
     for k, c in zip(keys, cands, strict=True):
         distinct.setdefault((k, c.tobytes()), len(distinct))
@@ -551,4 +586,5 @@ def _full_fm(world: World, keys: list[Key], cands: list[np.ndarray]) -> list[np.
         world.spec.batch_users,
         world.spec.batch_retries,
     )
-    return [result.scores[distinct[(k, c.tobytes())]] for k, c in zip(keys, cands, strict=True)]
+    at = [distinct[(k, c.tobytes())] for k, c in zip(keys, cands, strict=True)]
+    return [result.vectors[i] for i in at], [result.scores[i] for i in at]

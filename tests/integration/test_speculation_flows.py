@@ -266,6 +266,51 @@ def test_expired_and_other_bundle_rows_are_misses_for_the_scorer(trained: dict, 
     assert hits(other) == 0  # another bundle's row is never read
 
 
+def test_quality_compares_the_scorer_with_and_without_pairs_and_both_upper_bounds(
+    trained: dict,  # type: ignore[type-arg]
+    tiny: TinyProject,
+) -> None:
+    """The benchmark's quality replay on cycle 2: every variant is ranked on the same requests, the paired
+    differences are the differences of the means, and the ratios follow from the means."""
+    from models.scorer import ScorerConfig, ThinScorer
+    from specrec.online.distill_data import item_stat_table
+    from specrec.speculation.evaluate import evaluate_span
+
+    cfg = tiny.cfg
+    clock = ReplayClock.from_config(cfg.clock)
+    start, end = clock.cycle(2).start, clock.cycle(2).as_of
+    events = pd.read_parquet(cfg.path(cfg.paths.prepared) / "interactions.parquet")
+    items = pd.read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet")
+    fm = load_fm(bundles.serving(trained["client"]).fm_version)
+    index = items.loc[items["first_seen"] < start, "item_idx"].to_numpy()  # as benchmarks/speculation.py
+    world = replay.World(fm, events, index, cfg.speculation, end)
+    torch.manual_seed(0)
+    scorer = ThinScorer(ScorerConfig(dim=cfg.fm.dim)).eval()
+    with torch.no_grad():
+        scorer.miss.normal_()  # a miss must look different from a hit for "with" to differ from "without"
+    table = item_stat_table(
+        events[events["timestamp"] < start], items, start, pd.Timedelta(cfg.clock.cadence)
+    )
+    s0, e0 = int(start.timestamp()), int(end.timestamp())
+    d = evaluate_span(
+        world, load_champion(trained["client"]).predictor, s0, e0, scorer, lambda t: table
+    ).default
+    assert d["quality_requests"] > 0
+    for a, b in replay.PAIRED:
+        assert d[f"ndcg@10_{a}_minus_{b}"] == pytest.approx(d[f"ndcg@10_{a}"] - d[f"ndcg@10_{b}"], abs=1e-9)
+        assert d[f"ndcg@10_{a}_minus_{b}_ci_low"] <= d[f"ndcg@10_{a}_minus_{b}_ci_high"]
+    for ratio, upper in (
+        ("quality_recovered", "full_fm"),
+        ("quality_recovered_of_all_pairs", "all_pairs"),
+        ("quality_recovered_of_all_pairs_window", "all_pairs_window"),
+    ):
+        gain = d[f"ndcg@10_{upper}"] - d["ndcg@10_without"]
+        expected = (d["ndcg@10_with"] - d["ndcg@10_without"]) / gain if gain > 0 else float("nan")
+        assert d[ratio] == pytest.approx(expected, nan_ok=True)
+    if d["coverage"] == 0:
+        assert d["ndcg@10_with"] == d["ndcg@10_without"]
+
+
 def test_cli_refuses_bad_input_in_one_line(root: object) -> None:
     import subprocess
     import sys
