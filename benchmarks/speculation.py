@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 import mlflow  # noqa: E402
 from specrec.clock import ReplayClock  # noqa: E402
 from specrec.config import load_config, parse_duration  # noqa: E402
+from specrec.errors import SpecrecError  # noqa: E402
 from specrec.io import read_parquet  # noqa: E402
 from specrec.online.distill_data import item_stat_table  # noqa: E402
 from specrec.speculation import evaluate, replay  # noqa: E402
@@ -65,6 +66,11 @@ def main() -> None:
         help="Override speculation.request_state (event: per-event streaming user state, a sensitivity run).",
     )
     parser.add_argument(
+        "--window",
+        default=None,
+        help="Override speculation.window (e.g. 30s: precompute every 30 seconds; the cadence sweep).",
+    )
+    parser.add_argument(
         "--bare-fm",
         action="store_true",
         help="Replay with the bundle's bare base FM (no adapter, no codes), not the model serving uses.",
@@ -85,6 +91,12 @@ def main() -> None:
         cfg = dataclasses.replace(
             cfg, speculation=dataclasses.replace(cfg.speculation, request_state=args.request_state)
         )
+    if args.window:  # checked as params.yaml is: a duration, at most speculation.ttl
+        try:
+            spec = dataclasses.replace(cfg.speculation, window=args.window)
+        except SpecrecError as e:
+            raise SystemExit(f"error: --window: {e}") from None
+        cfg = dataclasses.replace(cfg, speculation=spec)
     spec, clock = cfg.speculation, ReplayClock.from_config(cfg.clock)
     started = time.perf_counter()
     fm, scorer, versions = serving_models(cfg, mlflow.MlflowClient(), args.scorer_version, args.bare_fm)
@@ -144,6 +156,10 @@ def main() -> None:
             "quality_recovered_of_all_pairs_window_start": _finite(
                 d["quality_recovered_of_all_pairs_window"]
             ),
+            # 95% bootstrap intervals of the four ratios (the same request resamples; null: undefined)
+            "quality_recovered_ci95": {
+                key: _finite([d[f"{key}_ci_low"], d[f"{key}_ci_high"]]) for key in replay.RATIOS
+            },
             # per-request paired NDCG@10 differences: mean and 95% bootstrap interval over requests
             "paired_differences": {
                 f"{a} - {b}": [d[f"ndcg@10_{a}_minus_{b}{end}"] for end in ("", "_ci_low", "_ci_high")]

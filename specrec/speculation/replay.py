@@ -499,11 +499,8 @@ def quality(
         m = metrics_from_ranks(torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long), (10,))
         out |= {f"ndcg@10_{name}": float(m["ndcg@10"]), f"hr@10_{name}": float(m["hr@10"])}
     out["quality_requests"] = float(len(served))
-    out["quality_recovered"] = _recovered(out, "full_fm")
-    # the same ratio against the full FM with the history the request's state has (equal information)
-    out["quality_recovered_window_start"] = _recovered(out, "full_fm_window")
-    out["quality_recovered_of_all_pairs"] = _recovered(out, "all_pairs")
-    out["quality_recovered_of_all_pairs_window"] = _recovered(out, "all_pairs_window")
+    for key, upper in RATIOS.items():
+        out[key] = _recovered(out, upper)
     gains = {k: _ndcg10(torch.cat(v)) if v else np.zeros(0) for k, v in ranks.items()}
     lag = np.array([int(reqs.position[r.request] - reqs.history[r.request]) for r in served], np.int64)
     out |= paired_gains(gains, lag == 0, seed=world.spec.seed)
@@ -532,6 +529,15 @@ def _ndcg10(ranks: torch.Tensor) -> np.ndarray:
 
 
 VARIANTS = ("with", "without", "full_fm", "full_fm_window", "all_pairs", "all_pairs_window")
+# (with - without) / (upper - without) for each upper reference: the issue's (the full FM at the request),
+# the full FM with the window start's history (equal information), the scorer with pair vectors on every
+# candidate at the request and at the window start (what 100% coverage would give)
+RATIOS = {
+    "quality_recovered": "full_fm",
+    "quality_recovered_window_start": "full_fm_window",
+    "quality_recovered_of_all_pairs": "all_pairs",
+    "quality_recovered_of_all_pairs_window": "all_pairs_window",
+}
 PAIRED = (
     ("with", "without"),
     ("full_fm", "without"),
@@ -547,9 +553,10 @@ def paired_gains(
     ndcg: dict[str, np.ndarray], first: np.ndarray, seed: int = 0, resamples: int = 2000
 ) -> dict[str, float]:
     """Per-request paired differences of NDCG@10 (each variant against "without", and the full FM against
-    "with"), with 95% bootstrap intervals over requests; and each variant on the requests that are the
-    first of their user's window (`first`: the window start's history is the request's own, so there the
-    full FM and the precomputed pairs see the same events)."""
+    "with"), with 95% bootstrap intervals over requests, and the same resamples' intervals of the quality
+    ratios (NaN when more than 1% of resamples have no positive denominator); and each variant on the
+    requests that are the first of their user's window (`first`: the window start's history is the
+    request's own, so there the full FM and the precomputed pairs see the same events)."""
     rng = np.random.default_rng(seed)
     n = len(ndcg["without"])
     idx = rng.integers(0, n, (resamples, n)) if n else np.zeros((0, 0), np.int64)
@@ -560,6 +567,15 @@ def paired_gains(
         out[f"ndcg@10_{a}_minus_{b}"] = float(diff.mean()) if n else float("nan")
         out[f"ndcg@10_{a}_minus_{b}_ci_low"] = float(np.percentile(boot, 2.5))
         out[f"ndcg@10_{a}_minus_{b}_ci_high"] = float(np.percentile(boot, 97.5))
+    gain = (ndcg["with"] - ndcg["without"])[idx].mean(1) if n else np.full(1, np.nan)
+    for key, upper in RATIOS.items():
+        # the ratio per resample; an interval only when (nearly) every resample has a positive denominator
+        den = (ndcg[upper] - ndcg["without"])[idx].mean(1) if n else np.full(1, np.nan)
+        ratio = np.where(den > 0, gain / np.where(den > 0, den, 1.0), np.nan)
+        defined = np.isfinite(ratio)
+        ok = defined.mean() >= 0.99
+        out[f"{key}_ci_low"] = float(np.percentile(ratio[defined], 2.5)) if ok else float("nan")
+        out[f"{key}_ci_high"] = float(np.percentile(ratio[defined], 97.5)) if ok else float("nan")
     out["requests_first_in_window"] = float(first.sum())
     for name, values in ndcg.items():
         out[f"ndcg@10_{name}_first_in_window"] = float(values[first].mean()) if first.any() else float("nan")

@@ -14,7 +14,14 @@ def _ndcg(seed: int = 0) -> dict[str, np.ndarray]:
     better = without.copy()
     lift = rng.random(4000) < 0.05
     better[lift] = 1.0  # a clear gain on 5% of the requests
-    return {"without": without, "with": better, "full_fm": better.copy(), "full_fm_window": without.copy()}
+    return {
+        "without": without,
+        "with": better,
+        "full_fm": better.copy(),
+        "full_fm_window": without.copy(),
+        "all_pairs": better.copy(),
+        "all_pairs_window": better.copy(),
+    }
 
 
 def test_intervals_bracket_the_mean_and_separate_a_real_gain_from_none() -> None:
@@ -32,4 +39,19 @@ def test_intervals_bracket_the_mean_and_separate_a_real_gain_from_none() -> None
     assert out["ndcg@10_full_fm_minus_with"] == 0  # identical per request: no difference at all
     assert out["requests_first_in_window"] == 1000
     assert np.isclose(out["ndcg@10_with_first_in_window"], ndcg["with"][:1000].mean())
-    assert paired_gains(ndcg, first, seed=0) == out  # seeded: the same intervals every run
+    again = paired_gains(ndcg, first, seed=0)  # seeded: the same intervals every run
+    assert again.keys() == out.keys()
+    assert np.array_equal([again[k] for k in out], list(out.values()), equal_nan=True)
+
+
+def test_ratio_intervals_come_from_the_same_resamples_and_vanish_without_a_gain() -> None:
+    ndcg = _ndcg()
+    first = np.zeros(4000, bool)
+    out = paired_gains(ndcg, first, seed=0)
+    # "with" equals the full FM per request: every resample's ratio is exactly 1
+    assert out["quality_recovered_ci_low"] == out["quality_recovered_ci_high"] == 1.0
+    # the window-start full FM gains nothing over "without": no denominator, no interval
+    assert np.isnan(out["quality_recovered_window_start_ci_low"])
+    half = dict(ndcg, all_pairs=ndcg["with"] + (ndcg["with"] - ndcg["without"]))  # twice the gain of "with"
+    low, high = (paired_gains(half, first)[f"quality_recovered_of_all_pairs_ci_{e}"] for e in ("low", "high"))
+    assert low == high == 0.5
