@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefect.client.schemas.schedules import CronSchedule
+from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 
 from flows.common import PROMOTED_EVENT
 from specrec.errors import SpecrecError
@@ -31,6 +31,11 @@ TIMEZONE = "UTC"
 # A deployment is named <flow>/<tier>, the tier of the freshness hierarchy it serves (docs/architecture.md):
 TIERS = ("daily", "nearline", "on-demand")
 RETRY_DELAY_S = 60
+# Interval schedules (`every`) are anchored here, so 30-second runs fall on :00 and :30 of each minute.
+INTERVAL_ANCHOR = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+# These run once per speculation.window: precompute covers one window per run, and the replay's requests
+# read the user state of their window's start (speculation.request_state: window).
+PER_WINDOW = ("speculative_precompute", "update_user_state")
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,8 @@ class Deployment:
 
     flow: str
     tier: str  # one of TIERS; also a tag
-    cron: str | None  # None: no schedule, runs when triggered (UI, `prefect deployment run`, automation)
+    cron: str | None  # None (and no `every`): no schedule, runs when triggered (UI, `prefect deployment
+    # run`, automation)
     tags: tuple[str, ...]
     # Flow-level retries, only where a re-run at the same as_of is idempotent (nearline writes). Training
     # flows get none: a re-run registers another model version; their tasks already retry transient errors.
@@ -47,6 +53,7 @@ class Deployment:
     parameters: dict[str, Any] = field(default_factory=dict)  # beyond as_of and params
     scheduled_as_of: bool = True  # as_of="scheduled" by default; False: the trigger must give an as_of
     on_promotion: bool = False  # also run on every PROMOTED_EVENT, with the promotion's as_of
+    every: str | None = None  # instead of cron, a fixed interval such as "30s" (cron cannot go below 1 min)
 
     @property
     def name(self) -> str:
@@ -56,8 +63,33 @@ class Deployment:
     def __post_init__(self) -> None:
         if self.tier not in TIERS:
             raise SpecrecError(f"deployment {self.flow}: tier {self.tier!r} is not one of {TIERS}.")
+        if self.cron is not None and self.every is not None:
+            raise SpecrecError(
+                f"deployment {self.flow}: give cron ({self.cron!r}) or every ({self.every!r}), not both."
+            )
         if self.cron is not None:
             CronSchedule(cron=self.cron, timezone=TIMEZONE)  # rejects a bad cron or zone, naming it
+        if self.every is not None:
+            from specrec.config import parse_duration
+
+            parse_duration(f"deployment {self.flow}: every", self.every)  # a positive duration, or says so
+
+    @property
+    def period(self) -> dt.timedelta | None:
+        """The time between two scheduled runs; None when the row is triggered only."""
+        import pandas as pd
+
+        if self.every is not None:
+            return pd.Timedelta(self.every).to_pytimedelta()
+        return cron_period(self.cron) if self.cron else None
+
+    def schedules(self) -> list[CronSchedule | IntervalSchedule] | None:
+        """The Prefect schedule of the row (None: triggered only)."""
+        if self.cron:
+            return [CronSchedule(cron=self.cron, timezone=TIMEZONE)]
+        if self.every and self.period:
+            return [IntervalSchedule(interval=self.period, anchor_date=INTERVAL_ANCHOR, timezone=TIMEZONE)]
+        return None
 
 
 DEPLOYMENTS: tuple[Deployment, ...] = (
@@ -93,16 +125,19 @@ def cron_period(cron: str) -> dt.timedelta:
 
 
 def check_precompute_cadence(rows: tuple[Deployment, ...], window: str) -> None:
-    """speculative_precompute covers one speculation.window per run: it must run once per window."""
+    """speculative_precompute covers one speculation.window per run and the user state is read as of a
+    window's start: both must run once per window."""
     import pandas as pd
 
-    row = next((r for r in rows if r.flow == "speculative_precompute" and r.cron), None)
-    if row is not None and cron_period(row.cron or "") != pd.Timedelta(window):
-        raise SpecrecError(
-            f"speculative_precompute runs on cron {row.cron!r} (every {cron_period(row.cron or '')}) but "
-            f"speculation.window is {window}: windows would overlap or leave gaps; make them equal "
-            "(flows/deploy.py DEPLOYMENTS or params.yaml speculation.window)."
-        )
+    for row in rows:
+        if row.flow in PER_WINDOW and row.period is not None and row.period != pd.Timedelta(window):
+            when = f"cron {row.cron!r}" if row.cron else f"every={row.every!r}"
+            raise SpecrecError(
+                f"{row.flow} runs on {when} (every {row.period}) but speculation.window is {window}: "
+                f"{' and '.join(PER_WINDOW)} must run once per window; make them equal (flows/deploy.py "
+                "DEPLOYMENTS: a cron such as */5 * * * *, or every='30s' below a minute; or params.yaml "
+                "speculation.window)."
+            )
 
 
 def served_flow(row: Deployment) -> Any:
@@ -142,7 +177,7 @@ def to_deployment(row: Deployment, params: Path) -> Any:
         )
     deployment = flow.to_deployment(
         name=row.tier,
-        schedules=[CronSchedule(cron=row.cron, timezone=TIMEZONE)] if row.cron else None,
+        schedules=row.schedules(),
         paused=False,  # serve pauses the schedules when it stops; starting it again resumes them
         parameters=parameters,
         triggers=triggers,
@@ -171,11 +206,11 @@ def deployments(params: Path, only: list[str] | None = None) -> list[Any]:
     return [to_deployment(r, params.resolve()) for r in DEPLOYMENTS if not only or r.flow in only]
 
 
-def describe() -> str:
+def describe(rows: tuple[Deployment, ...] = DEPLOYMENTS) -> str:
     """The table as text: flow, schedule, tags, retries."""
     lines = [f"{'deployment':<38} {'schedule (' + TIMEZONE + ')':<18} {'retries':<8} tags"]
-    for r in DEPLOYMENTS:
-        when = r.cron or "triggered"
+    for r in rows:
+        when = r.cron or (f"every {r.every}" if r.every else "triggered")
         extra = " + after each promotion" if r.on_promotion else ""
         lines.append(f"{r.name:<38} {when:<18} {r.retries:<8} {', '.join(r.tags)}{extra}")
     return "\n".join(lines)

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 import mlflow
-from flows.deploy import DEPLOYMENTS, TIMEZONE, deployments
+from flows.deploy import DEPLOYMENTS, TIMEZONE, deployments, to_deployment
 from flows.local_server import running
 from specrec.config import load_config
 from specrec.errors import SpecrecError
@@ -84,6 +84,21 @@ def test_every_deployment_registers_with_its_schedule(client: object, server: st
     assert cron["retrain_speculator"] == "0 4 * * *" and cron["materialize_item_embeddings"] == "*/15 * * * *"
     nearline = ("update_user_state", "update_item_stats", "speculative_precompute")
     assert {cron[f] for f in nearline} == {"*/5 * * * *"}
+    # a sub-minute precompute cadence (speculation.window 30s) registers as a 30-second interval schedule
+    import dataclasses
+
+    row = dataclasses.replace(
+        next(r for r in DEPLOYMENTS if r.flow == "speculative_precompute"), cron=None, every="30s"
+    )
+    with temporary_settings(updates={PREFECT_API_URL: server}):
+        to_deployment(row, project).apply()
+    (schedule,) = client.read_deployment_by_name(row.name).schedules  # type: ignore[attr-defined]
+    assert schedule.schedule.interval.total_seconds() == 30 and schedule.active
+    assert schedule.schedule.timezone == TIMEZONE
+    with temporary_settings(updates={PREFECT_API_URL: server}):
+        to_deployment(
+            next(r for r in DEPLOYMENTS if r.flow == row.flow), project
+        ).apply()  # the table's again
     materialize = client.read_deployment_by_name(  # type: ignore[attr-defined]
         "materialize_item_embeddings/nearline"
     )

@@ -38,6 +38,37 @@ def test_precompute_runs_once_per_speculation_window() -> None:
     assert "materialize_item_embeddings/nearline" in describe()
 
 
+def test_a_sub_minute_cadence_is_an_interval_checked_against_the_window() -> None:
+    import dataclasses
+    import datetime as dt
+
+    from prefect.client.schemas.schedules import IntervalSchedule
+
+    fast = tuple(
+        dataclasses.replace(r, cron=None, every="30s")
+        if r.flow in ("speculative_precompute", "update_user_state")
+        else r
+        for r in DEPLOYMENTS
+    )
+    check_precompute_cadence(fast, "30s")  # both per-window flows every 30 seconds: consistent
+    with pytest.raises(SpecrecError, match=r"runs on every='30s' .*window is 5min"):
+        check_precompute_cadence(fast, "5min")
+    half = tuple(
+        dataclasses.replace(r, cron=None, every="30s") if r.flow == "speculative_precompute" else r
+        for r in DEPLOYMENTS
+    )
+    with pytest.raises(SpecrecError, match="update_user_state runs on cron '\\*/5"):
+        check_precompute_cadence(half, "30s")  # precompute every 30 s but user states every 5 min: refused
+    row = next(r for r in fast if r.flow == "speculative_precompute")
+    (schedule,) = row.schedules() or []
+    assert isinstance(schedule, IntervalSchedule) and schedule.interval == dt.timedelta(seconds=30)
+    assert "every 30s" in describe(fast)
+    with pytest.raises(SpecrecError, match="not both"):
+        Deployment("update_item_stats", "nearline", "*/5 * * * *", (), every="30s")
+    with pytest.raises(SpecrecError, match="every = 'often'"):
+        Deployment("update_item_stats", "nearline", None, (), every="often")
+
+
 def test_as_of_words() -> None:
     params = str(ROOT / "params.yaml")
     first = ReplayClock.from_config(load_config(params).clock).cycle(1).as_of.isoformat()
