@@ -51,10 +51,15 @@ def _left_pad(
 
 def _right_pad(cands: list[np.ndarray]) -> torch.Tensor:
     """(B, C) candidates padded with item 0 (a padding candidate sees only itself and the history)."""
-    c = max(1, max(len(x) for x in cands))
-    out = torch.zeros(len(cands), c, dtype=torch.long)
-    for b, x in enumerate(cands):
-        out[b, : len(x)] = torch.from_numpy(np.asarray(x, np.int64))
+    return torch.from_numpy(right_pad([np.asarray(x, np.int64) for x in cands], 0, min_len=1))
+
+
+def right_pad(arrays: list[np.ndarray], fill: float, min_len: int = 0) -> np.ndarray:
+    """Stack arrays whose first axis differs, right-padding each with `fill` to the longest."""
+    n = max(min_len, max(len(a) for a in arrays))
+    out = np.full((len(arrays), n, *arrays[0].shape[1:]), fill, dtype=arrays[0].dtype)
+    for b, a in enumerate(arrays):
+        out[b, : len(a)] = a
     return out
 
 

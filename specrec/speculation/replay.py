@@ -38,7 +38,7 @@ from models.speculator import (
 )
 from specrec.config import SpeculationConfig, parse_duration
 from specrec.speculation.accounting import Ledger
-from specrec.speculation.pairs import _left_pad, pair_batches
+from specrec.speculation.pairs import _left_pad, pair_batches, right_pad
 
 if TYPE_CHECKING:
     from models.hstu import HSTU
@@ -463,7 +463,7 @@ def quality(
         part = served[lo : lo + batch]
         # a request may have fewer than N candidates (a small catalogue minus seen items): right-pad with
         # the padding item 0, whose columns rank below every real candidate
-        cand = _pad([r.candidates for r in part], 0)  # (B, N)
+        cand = right_pad([r.candidates for r in part], 0)  # (B, N)
         pad = torch.from_numpy(cand == 0)
         u = torch.from_numpy(np.stack([world.state(k) for k in keys[lo : lo + batch]]))  # (B, D)
         e = torch.from_numpy(world.table[cand])  # (B, N, D)
@@ -483,11 +483,13 @@ def quality(
         scores = {
             "with": scorer(u, e, torch.from_numpy(p), torch.from_numpy(hit), s),
             "without": scorer(u, e, torch.from_numpy(p), torch.zeros(hit.shape), s),
-            "full_fm": torch.from_numpy(_pad(teacher[lo : lo + batch], 0.0)),
-            "full_fm_window": torch.from_numpy(_pad(teacher_window[lo : lo + batch], 0.0)),
-            "all_pairs": scorer(u, e, torch.from_numpy(_pad(pair_fresh[lo : lo + batch], 0.0)), every, s),
+            "full_fm": torch.from_numpy(right_pad(teacher[lo : lo + batch], 0.0)),
+            "full_fm_window": torch.from_numpy(right_pad(teacher_window[lo : lo + batch], 0.0)),
+            "all_pairs": scorer(
+                u, e, torch.from_numpy(right_pad(pair_fresh[lo : lo + batch], 0.0)), every, s
+            ),
             "all_pairs_window": scorer(
-                u, e, torch.from_numpy(_pad(pair_window[lo : lo + batch], 0.0)), every, s
+                u, e, torch.from_numpy(right_pad(pair_window[lo : lo + batch], 0.0)), every, s
             ),
         }
         scores = {name: sc.masked_fill(pad, -torch.inf) for name, sc in scores.items()}
@@ -504,15 +506,6 @@ def quality(
     gains = {k: _ndcg10(torch.cat(v)) if v else np.zeros(0) for k, v in ranks.items()}
     lag = np.array([int(reqs.position[r.request] - reqs.history[r.request]) for r in served], np.int64)
     out |= paired_gains(gains, lag == 0, seed=world.spec.seed)
-    return out
-
-
-def _pad(arrays: list[np.ndarray], fill: float) -> np.ndarray:
-    """Stack arrays whose first axis differs, right-padding each with `fill` to the longest."""
-    n = max(len(a) for a in arrays)
-    out = np.full((len(arrays), n, *arrays[0].shape[1:]), fill, dtype=arrays[0].dtype)
-    for b, a in enumerate(arrays):
-        out[b, : len(a)] = a
     return out
 
 
