@@ -240,3 +240,41 @@ def test_trained_scorer_is_registered_and_served(tiny: TinyProject) -> None:
 
     body = asyncio.run(scorer.recommend(RecommendRequest(user_id=user, k=7)))
     assert len(body["items"]) == 7 and not body["degraded"]
+
+
+def test_states_written_after_the_bundle_loaded_reach_retrieval(
+    served: tuple[str, object], tiny: TinyProject
+) -> None:
+    """A user whose first state is written after the scorer loaded its bundle is served from it, not as a
+    cold start; and a returning user's next request retrieves with the state its last request read."""
+    import numpy as np
+
+    url, scorer = served
+    cfg = tiny.cfg
+    clock = ReplayClock.from_config(cfg.clock)
+    events = pd.read_parquet(cfg.path(cfg.paths.prepared) / "interactions.parquet")
+    first = events.groupby("user_id")["timestamp"].min()
+    late = first[(first >= clock.cycle(1).as_of) & (first < clock.cycle(2).as_of)].index
+    assert len(late), "the tiny project has no user first seen in cycle 2"
+    new_user, known_user = int(late[0]), _known_user(tiny)[0]
+    state = scorer.state  # type: ignore[attr-defined]
+    assert new_user not in state.user_snapshot
+    before = state.user_snapshot[known_user].copy()
+    store = apply(cfg)
+    update_user_state(cfg, clock.cycle(2).as_of, state.bundle, store)  # the nearline tick of a later window
+    fresh = store.get_online_features(
+        features=["user_state:state"],
+        entity_rows=[{"user_id": known_user, "bundle_id": state.bundle.bundle_id}],
+    ).to_dict()["state"][0]
+    assert not np.allclose(fresh, before)  # the known user has new events: a new state
+    saved, scorer.deadline_s = scorer.deadline_s, 10.0  # type: ignore[attr-defined]
+    try:
+        body = httpx.post(f"{url}/recommend", json={"user_id": new_user, "k": 10}).json()
+        assert not body["cold_start"] and not body["degraded"] and len(body["items"]) == 10
+        assert new_user in state.user_snapshot  # kept as the user's retrieval query from now on
+        httpx.post(f"{url}/recommend", json={"user_id": known_user, "k": 10}).raise_for_status()
+        np.testing.assert_allclose(state.user_snapshot[known_user], fresh, rtol=1e-6)
+    finally:
+        scorer.deadline_s = saved  # type: ignore[attr-defined]
+    cold = httpx.post(f"{url}/recommend", json={"user_id": 10**9, "k": 5}).json()
+    assert cold["cold_start"]  # no state anywhere: still popularity
