@@ -300,10 +300,11 @@ class Scorer:
         n = max(self.candidates, req.k + 50)
         query = state.user_snapshot.get(req.user_id)
         if query is None:  # no snapshot state: perhaps a user whose first state came after the bundle loaded
-            user = await self._first_read(state, req.user_id)
-            if user is None:
+            first = await self._first_read(state, req.user_id)
+            if first is None:
                 return self._cold_start(state, req.k, t0)
-            return self._rank(state, req, user, user.vector, self._retrieve(state, user.vector, n), t0)
+            user, query = first
+            return self._rank(state, req, user, query, self._retrieve(state, query, n), t0)
         # Retrieval and scoring run on the event-loop thread (a few hundred microseconds, and faiss and
         # NumPy release the GIL); only the store read goes to the I/O pool, so a request makes one
         # thread hop. Parallel: the read is in flight while faiss searches. Sequential: it starts after.
@@ -317,14 +318,14 @@ class Scorer:
         self._remember(state, req.user_id, user)
         return self._rank(state, req, user, query, rows, t0)
 
-    async def _first_read(self, state: ServingState, user_id: int) -> UserSide | None:
-        """The user side of a user the snapshot lacks, read before retrieval (there is nothing to retrieve
-        with yet); None when the store has no state for the user either (a cold start)."""
+    async def _first_read(self, state: ServingState, user_id: int) -> tuple[UserSide, np.ndarray] | None:
+        """The user side and state of a user the snapshot lacks, read before retrieval (there is nothing to
+        retrieve with yet); None when the store has no state for the user either (a cold start)."""
         user = await self._user_side(self._start_user_side(state, user_id), user_id)
         if user.vector is None:
             return None
         self._remember(state, user_id, user)
-        return user
+        return user, user.vector
 
     @staticmethod
     def _remember(state: ServingState, user_id: int, user: UserSide) -> None:
@@ -373,21 +374,21 @@ class Scorer:
         known = [i for i in req.item_ids if i in state.row_of]
         unknown = [i for i in req.item_ids if i not in state.row_of]
         query = state.user_snapshot.get(req.user_id)
-        user = await (
-            self._first_read(state, req.user_id)
-            if query is None
-            else self._user_side(self._start_user_side(state, req.user_id), req.user_id)
-        )
-        if user is None:
-            self.metrics.fallbacks.labels("cold_start").inc()
-            return {
-                "scores": {},
-                "unknown_items": unknown,
-                "bundle_id": state.bundle.bundle_id,
-                "cold_start": True,
-                "degraded": False,
-            }
-        self._remember(state, req.user_id, user)
+        if query is None:
+            first = await self._first_read(state, req.user_id)
+            if first is None:
+                self.metrics.fallbacks.labels("cold_start").inc()
+                return {
+                    "scores": {},
+                    "unknown_items": unknown,
+                    "bundle_id": state.bundle.bundle_id,
+                    "cold_start": True,
+                    "degraded": False,
+                }
+            user, query = first
+        else:
+            user = await self._user_side(self._start_user_side(state, req.user_id), req.user_id)
+            self._remember(state, req.user_id, user)
         rows = np.asarray([state.row_of[i] for i in known], dtype=np.int64)
         vec = user.vector if user.vector is not None else query
         values = score(state, vec, rows, user.pairs) if len(rows) else np.zeros(0)

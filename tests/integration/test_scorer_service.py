@@ -257,6 +257,11 @@ def test_states_written_after_the_bundle_loaded_reach_retrieval(
     late = first[(first >= clock.cycle(1).as_of) & (first < clock.cycle(2).as_of)].index
     assert len(late), "the tiny project has no user first seen in cycle 2"
     new_user, known_user = int(late[0]), _known_user(tiny)[0]
+    serving = bundles.serving(mlflow.MlflowClient())  # earlier tests may have moved the alias: wait for the
+    deadline = time.monotonic() + 60  # scorer's watcher to serve it, so the rows below are its bundle's
+    while scorer.state.bundle.bundle_id != serving.bundle_id:  # type: ignore[attr-defined,union-attr]
+        assert time.monotonic() < deadline, "the scorer did not swap to the serving bundle in 60 s"
+        time.sleep(0.2)
     state = scorer.state  # type: ignore[attr-defined]
     assert new_user not in state.user_snapshot
     before = state.user_snapshot[known_user].copy()
@@ -270,7 +275,7 @@ def test_states_written_after_the_bundle_loaded_reach_retrieval(
     saved, scorer.deadline_s = scorer.deadline_s, 10.0  # type: ignore[attr-defined]
     try:
         body = httpx.post(f"{url}/recommend", json={"user_id": new_user, "k": 10}).json()
-        assert not body["cold_start"] and not body["degraded"] and len(body["items"]) == 10
+        assert not body["cold_start"] and not body["degraded"] and len(body["items"]) == 10, body
         assert new_user in state.user_snapshot  # kept as the user's retrieval query from now on
         httpx.post(f"{url}/recommend", json={"user_id": known_user, "k": 10}).raise_for_status()
         np.testing.assert_allclose(state.user_snapshot[known_user], fresh, rtol=1e-6)
