@@ -322,7 +322,8 @@ class ScorerTrainConfig:
     """The thin online scorer and its distillation from the FM."""
 
     candidates: int = 100  # retrieved candidates per training example (the teacher scores all of them)
-    max_examples: int = 600  # users (newest first) whose latest event becomes an example
+    max_examples: int = 3000  # examples at most (users newest first, each user's newest events)
+    events_per_user: int = 5  # each user's newest events that become examples (each with its own history)
     holdout_share: float = 0.2  # examples kept out of training for the promotion gate
     hidden: int = 64
     epochs: int = 30
@@ -339,6 +340,12 @@ class ScorerTrainConfig:
             "scorer.max_examples",
             self.max_examples,
             "an integer >= 10",
+        )
+        _require(
+            1 <= self.events_per_user <= 1000,
+            "scorer.events_per_user",
+            self.events_per_user,
+            "an integer in [1, 1000]",
         )
         _require(0 < self.holdout_share < 1, "scorer.holdout_share", self.holdout_share, "a share in (0, 1)")
         _require(1 <= self.hidden <= 4096, "scorer.hidden", self.hidden, "an integer in [1, 4096]")

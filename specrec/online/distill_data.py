@@ -1,10 +1,11 @@
 """Build distillation examples for the thin scorer from events known at as_of.
 
-One example per user (the newest known event is the label, the events before it the history, capped at
-`max_examples` users, newest first): the FM user state, the top-N retrieved candidates, their item
-embeddings, the FM pair vectors and scores of every candidate (the teacher), and the candidates' item
-statistics at as_of. The label is the chosen item's column, or -1 when retrieval missed it: it is never
-inserted, since an inserted item would be recognisable by its low retrieval score (a label leak).
+Examples from each user's newest known events (`per_user` of them, one by default; the event is the
+label, the events before it the history), newest users first and capped at `max_examples`: the FM user
+state, the top-N retrieved candidates, their item embeddings, the FM pair vectors and scores of every
+candidate (the teacher), and the candidates' item statistics at as_of. The label is the chosen item's
+column, or -1 when retrieval missed it: it is never inserted, since an inserted item would be
+recognisable by its low retrieval score (a label leak).
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from specrec.clock import EventLog, to_utc
 from specrec.nearline.item_stats import compute_item_stats
 
 
-def _user_examples(known: pd.DataFrame, max_examples: int, max_len: int) -> tuple[Sequences, np.ndarray]:
-    """Histories (before each user's newest event) and labels, newest users first."""
+def _user_examples(
+    known: pd.DataFrame, max_examples: int, max_len: int, per_user: int = 1
+) -> tuple[Sequences, np.ndarray]:
+    """Histories and labels of each user's `per_user` newest events (each with the events before it),
+    newest users first, a user's examples together."""
     ordered = known.sort_values(["user_idx", "event_id"], kind="stable")
     last = ordered.groupby("user_idx")["timestamp"].max().sort_values(ascending=False)
     seconds = ordered["timestamp"].astype("int64").to_numpy() // 1_000_000_000
@@ -29,14 +33,13 @@ def _user_examples(known: pd.DataFrame, max_examples: int, max_len: int) -> tupl
     items, times, labels = [], [], []
     for user in last.index:
         rows = groups[user]
-        if len(rows) < 2:
-            continue
-        hist = rows[:-1][-max_len:]
-        items.append(ordered["item_idx"].to_numpy()[hist])
-        times.append(seconds[hist])
-        labels.append(int(ordered["item_idx"].to_numpy()[rows[-1]]))
-        if len(labels) >= max_examples:
-            break
+        for end in range(len(rows) - 1, max(0, len(rows) - 1 - per_user), -1):  # newest label first
+            hist = rows[:end][-max_len:]
+            items.append(ordered["item_idx"].to_numpy()[hist])
+            times.append(seconds[hist])
+            labels.append(int(ordered["item_idx"].to_numpy()[rows[end]]))
+            if len(labels) >= max_examples:
+                return Sequences(items, times), np.asarray(labels, dtype=np.int64)
     return Sequences(items, times), np.asarray(labels, dtype=np.int64)
 
 
@@ -65,11 +68,12 @@ def build_examples(
     n_candidates: int,
     max_examples: int,
     batch: int = 32,
+    per_user: int = 1,
 ) -> DistillBatch:
     """Distillation examples at as_of (nothing after as_of is read)."""
     when = to_utc(as_of)
     known = EventLog(events).known_at(when)
-    seqs, labels = _user_examples(known, max_examples, fm.config.max_len)
+    seqs, labels = _user_examples(known, max_examples, fm.config.max_len, per_user)
     table = fm.item_embeddings()  # (n_items+1, D)
     stats = torch.from_numpy(item_stat_table(known, items, when, cadence))
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("u", "e", "p", "teacher", "s", "label")}

@@ -143,6 +143,7 @@ def train_scorer(cfg: Config, as_of: object) -> dict[str, Any]:
         parse_duration("clock.cadence", cfg.clock.cadence),
         sc.candidates,
         sc.max_examples,
+        per_user=sc.events_per_user,
     )
     n_hold = max(1, int(round(len(data.label) * sc.holdout_share)))
     hold = torch.arange(len(data.label)) < n_hold  # the newest users are held out
