@@ -30,14 +30,15 @@ def _user_examples(
     last = ordered.groupby("user_idx")["timestamp"].max().sort_values(ascending=False)
     seconds = ordered["timestamp"].astype("int64").to_numpy() // 1_000_000_000
     groups = ordered.groupby("user_idx", sort=False).indices
+    item_idx = ordered["item_idx"].to_numpy()
     items, times, labels = [], [], []
     for user in last.index:
         rows = groups[user]
         for end in range(len(rows) - 1, max(0, len(rows) - 1 - per_user), -1):  # newest label first
             hist = rows[:end][-max_len:]
-            items.append(ordered["item_idx"].to_numpy()[hist])
+            items.append(item_idx[hist])
             times.append(seconds[hist])
-            labels.append(int(ordered["item_idx"].to_numpy()[rows[end]]))
+            labels.append(int(item_idx[rows[end]]))
             if len(labels) >= max_examples:
                 return Sequences(items, times), np.asarray(labels, dtype=np.int64)
     return Sequences(items, times), np.asarray(labels, dtype=np.int64)
