@@ -5,8 +5,15 @@ For a user and C retrieved candidates it combines what was computed ahead of tim
   e  (C, D)   the candidates' FM item embeddings (nearline, from `item_repr`)
   p  (C, D)   the FM pair representation where speculation precomputed it, else a learned miss vector
   s  (C, F)   item statistics (counts, trend, rating) from `item_stats`
-and scores each candidate with a small MLP. It is trained by distillation: match the FM's pair scores
-(the expensive teacher) over the candidates, plus cross-entropy on the item that was really chosen.
+and scores each candidate with a small MLP on top of a base score. It is trained by distillation: match
+the FM's pair scores (the expensive teacher) over the candidates, plus cross-entropy on the item that was
+really chosen.
+
+The base (`ScorerConfig.base`): `dot` is u.e for every candidate (the retrieval score; the first scorers);
+`fm` is the FM's own logit, scale * p.e on a speculative hit (the FM pair score itself, bit for bit when p
+is the FM's pair vector) and scale * u.e on a miss (the FM's retrieval logit, same units), so a hit starts
+from the full FM's score and the MLP only learns corrections, and hits and misses stay comparable
+inside one request.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 N_STATS = 5  # log1p(count_1c), log1p(count_7c), trend, mean_rating (0 when unknown), has_rating
+BASES = ("dot", "fm")
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,8 @@ class ScorerConfig:
     dim: int  # D of the FM vectors it reads
     hidden: int = 64
     dropout: float = 0.1
+    base: str = "dot"  # dot: u.e | fm: the FM's logit, scale * (p.e on hits, u.e on misses)
+    scale: float = 1.0  # the FM's logit scale (1/temperature of an L2-normalised FM); used by base fm
 
     def __post_init__(self) -> None:
         for name, value in (("dim", self.dim), ("hidden", self.hidden)):
@@ -35,10 +45,14 @@ class ScorerConfig:
                 raise ValueError(f"ScorerConfig.{name}={value!r} is invalid: must be >= 1")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"ScorerConfig.dropout={self.dropout!r} is invalid: must be in [0, 1)")
+        if self.base not in BASES:
+            raise ValueError(f"ScorerConfig.base={self.base!r} is invalid: must be one of {BASES}")
+        if not self.scale > 0:
+            raise ValueError(f"ScorerConfig.scale={self.scale!r} is invalid: must be > 0")
 
 
 class ThinScorer(nn.Module):
-    """score(u, e, p | miss, s) = MLP([u*e, p*e, u.e, p.e, hit, s])."""
+    """score(u, e, p | miss, s) = MLP([u*e, p*e, u.e, p.e, hit, s]) + base (u.e, or the FM's logit)."""
 
     def __init__(self, config: ScorerConfig) -> None:
         super().__init__()
@@ -60,8 +74,13 @@ class ThinScorer(nn.Module):
         p = hit_ * p + (1 - hit_) * self.miss  # (B, C, D)
         ue = u.unsqueeze(1) * e  # (B, C, D)
         pe = p * e
-        x = torch.cat([ue, pe, ue.sum(-1, keepdim=True), pe.sum(-1, keepdim=True), hit_, s], dim=-1)
-        return self.mlp(x).squeeze(-1) + ue.sum(-1)  # residual on the retrieval score: starts as the FM dot
+        ue_sum, pe_sum = ue.sum(-1), pe.sum(-1)  # (B, C)
+        x = torch.cat([ue, pe, ue_sum.unsqueeze(-1), pe_sum.unsqueeze(-1), hit_, s], dim=-1)
+        if self.config.base == "dot":
+            base = ue_sum  # residual on the retrieval score: starts as the FM dot
+        else:
+            base = self.config.scale * (hit * pe_sum + (1 - hit) * ue_sum)  # starts as the FM's own logit
+        return self.mlp(x).squeeze(-1) + base
 
 
 class NumpyScorer:
@@ -84,6 +103,8 @@ class NumpyScorer:
         self.w2 = last.weight.detach().numpy().astype(np.float32)[0]  # (H,)
         self.b2 = float(last.bias.detach()[0])
         self.miss = model.miss.detach().numpy().astype(np.float32)  # (D,)
+        self.base = model.config.base
+        self.scale = np.float32(model.config.scale)
 
     def __call__(
         self, u: np.ndarray, e: np.ndarray, p: np.ndarray | None, hit: np.ndarray, s: np.ndarray
@@ -99,7 +120,10 @@ class NumpyScorer:
         x = ue @ self.w_ue + pe @ self.w_pe + self.b1  # (C, H)
         x += np.column_stack([ue_sum, pe_sum, hit, s]) @ self.w_rest
         x *= 1.0 / (1.0 + np.exp(-x))  # SiLU
-        return x @ self.w2 + self.b2 + ue_sum
+        if self.base == "dot":
+            return x @ self.w2 + self.b2 + ue_sum
+        base = ue_sum if p is None else hit * pe_sum + (1 - hit) * ue_sum
+        return x @ self.w2 + self.b2 + self.scale * base
 
 
 def stats_features(

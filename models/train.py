@@ -39,6 +39,7 @@ MODEL_TYPES: dict[str, tuple[type, type[RecModel]]] = {
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 SELECTION_METRIC = "ndcg@10"
+PAIR_NEGATIVES = ("batch", "retrieval")
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,12 @@ class TrainConfig:
     n_uniform_negatives: int = 512  # sampled_softmax: uniform random negatives shared by the batch
     n_inbatch_negatives: int = 512  # sampled_softmax: other positions' targets used as negatives
     pair_loss_weight: float = 0.0  # HSTU only: weight of the target-aware pair (M-FALCON) loss
-    pair_negatives: int = 4  # HSTU only: other users' targets scored as negatives in the pair loss
+    pair_negatives: int = 4  # HSTU only: negatives per target in the pair loss
+    # where the pair loss's negatives come from: "batch" (other users' targets: easy negatives) or
+    # "retrieval" (sampled from the model's own top `pair_hard_pool` items by its dot product at that
+    # step, seen items and the target excluded: the candidates the pair head has to rank when served)
+    pair_negatives_from: str = "batch"
+    pair_hard_pool: int = 200
     bf16_logits: bool = False  # full_ce: (N, n_items) logits matmul in bfloat16, loss in float32
     random_windows: bool = False  # histories longer than max_len+1: a random window each epoch
     eval_batch_size: int = 1024
@@ -100,6 +106,20 @@ class TrainConfig:
         )
         require(self.pair_loss_weight >= 0, name, "pair_loss_weight", self.pair_loss_weight, "must be >= 0")
         require(self.pair_negatives >= 1, name, "pair_negatives", self.pair_negatives, "must be >= 1")
+        require(
+            self.pair_negatives_from in PAIR_NEGATIVES,
+            name,
+            "pair_negatives_from",
+            self.pair_negatives_from,
+            f"must be one of {PAIR_NEGATIVES}",
+        )
+        require(
+            self.pair_hard_pool >= self.pair_negatives,
+            name,
+            "pair_hard_pool",
+            self.pair_hard_pool,
+            f"must be >= pair_negatives ({self.pair_negatives})",
+        )
         require(self.eval_batch_size >= 1, name, "eval_batch_size", self.eval_batch_size, "must be >= 1")
 
 
@@ -191,7 +211,10 @@ def _batch_loss(
     items, times, targets = batch.items[rows], batch.timestamps[rows], batch.targets[rows]  # (b, T)
     pair_loss = torch.zeros(())
     if isinstance(model, HSTU) and cfg.pair_loss_weight > 0:
-        cands = _pair_candidates(batch.targets[:, -1], cfg.pair_negatives, gen)[rows]  # (b, 1+P), pos first
+        if cfg.pair_negatives_from == "batch":
+            cands = _pair_candidates(batch.targets[:, -1], cfg.pair_negatives, gen)[rows]  # (b, 1+P), pos 1st
+        else:
+            cands = _hard_pair_candidates(model, batch, cfg.pair_negatives, cfg.pair_hard_pool, gen)[rows]
         hidden, h_cand = model.encode_with_candidates(items, times, cands)
         positive = torch.zeros(len(cands), dtype=torch.long)
         pair_loss = nn.functional.cross_entropy(model.pair_score(h_cand, cands), positive)
@@ -225,6 +248,23 @@ def _pair_candidates(last_targets: torch.Tensor, n_neg: int, gen: torch.Generato
     shifts = torch.randint(1, max(b, 2), (n_neg,), generator=gen)  # (P,)
     idx = (torch.arange(b).unsqueeze(1) + shifts.unsqueeze(0)) % b  # (B, P)
     return torch.cat([last_targets.unsqueeze(1), last_targets[idx]], dim=1)
+
+
+@torch.no_grad()
+def _hard_pair_candidates(
+    model: HSTU, batch: Batch, n_neg: int, pool: int, gen: torch.Generator
+) -> torch.Tensor:
+    """(B, 1+n_neg) candidates: each row's next item, then n_neg items drawn without replacement from the
+    model's current top-`pool` by dot product at the last position (padding, the row's seen items and its
+    target excluded). Computed for the whole batch, so every DDP rank draws the same."""
+    target = batch.targets[:, -1]  # (B,)
+    scores = model.user_state(batch.items, batch.timestamps) @ model.item_embeddings().T  # (B, n_items+1)
+    scores[:, 0] = -torch.inf
+    scores.scatter_(1, batch.items, -torch.inf)  # seen items (padding 0 included)
+    scores.scatter_(1, target.unsqueeze(1), -torch.inf)
+    top = scores.topk(min(pool, scores.shape[1] - 1), dim=1).indices  # (B, pool)
+    pick = torch.rand(top.shape, generator=gen).argsort(dim=1)[:, :n_neg]  # (B, n_neg)
+    return torch.cat([target.unsqueeze(1), top.gather(1, pick)], dim=1)
 
 
 def _train_epoch(

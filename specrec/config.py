@@ -227,6 +227,8 @@ class FMTrainConfig:
     n_inbatch_negatives: int = 512
     pair_loss_weight: float = 0.0
     pair_negatives: int = 4
+    pair_negatives_from: str = "batch"
+    pair_hard_pool: int = 200
     random_windows: bool = False
 
     def __post_init__(self) -> None:
@@ -262,6 +264,18 @@ class FMTrainConfig:
             self.pair_loss_weight >= 0, "fm.train.pair_loss_weight", self.pair_loss_weight, "a number >= 0"
         )
         _require(self.pair_negatives >= 1, "fm.train.pair_negatives", self.pair_negatives, "an integer >= 1")
+        _require(
+            self.pair_negatives_from in ("batch", "retrieval"),
+            "fm.train.pair_negatives_from",
+            self.pair_negatives_from,
+            "batch or retrieval",
+        )
+        _require(
+            self.pair_hard_pool >= self.pair_negatives,
+            "fm.train.pair_hard_pool",
+            self.pair_hard_pool,
+            f"an integer >= pair_negatives ({self.pair_negatives})",
+        )
 
 
 @dataclass(frozen=True)
@@ -329,6 +343,7 @@ class ScorerTrainConfig:
     epochs: int = 30
     lr: float = 0.003
     hit_rate: float = 0.5  # simulated share of candidates with a precomputed FM pair representation
+    base: str = "dot"  # the score the MLP corrects: dot (u.e) | fm (the FM's logit: its pair score on hits)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -352,6 +367,7 @@ class ScorerTrainConfig:
         _require(1 <= self.epochs <= 10_000, "scorer.epochs", self.epochs, "an integer in [1, 10000]")
         _require(0 < self.lr <= 1, "scorer.lr", self.lr, "a learning rate in (0, 1]")
         _require(0 <= self.hit_rate <= 1, "scorer.hit_rate", self.hit_rate, "a share in [0, 1]")
+        _require(self.base in ("dot", "fm"), "scorer.base", self.base, "dot or fm")
 
 
 LORA_METRICS = ("ndcg@10", "hr@10")

@@ -148,7 +148,9 @@ def train_scorer(cfg: Config, as_of: object) -> dict[str, Any]:
     n_hold = max(1, int(round(len(data.label) * sc.holdout_share)))
     hold = torch.arange(len(data.label)) < n_hold  # the newest users are held out
     torch.manual_seed(sc.seed)
-    model = ThinScorer(ScorerConfig(dim=int(data.u.shape[1]), hidden=sc.hidden))
+    model = ThinScorer(
+        ScorerConfig(dim=int(data.u.shape[1]), hidden=sc.hidden, base=sc.base, scale=fm.logit_scale())
+    )
     with mlflow.start_run(
         experiment_id=experiment_id(cfg.root, EXPERIMENT), run_name=str(when.date())
     ) as run:

@@ -96,7 +96,8 @@ def test_training_lowers_loss_and_beats_popularity(kind: str, loss: str) -> None
     assert result.tokens_per_s > 0 and result.best_epoch >= 1
 
 
-def test_pair_loss_trains_target_aware_scores() -> None:
+@pytest.mark.parametrize("negatives_from", ["batch", "retrieval"])
+def test_pair_loss_trains_target_aware_scores(negatives_from: str) -> None:
     train_data, valid, test = leave_one_out(cluster_walks(400, seed=1))
     model = _hstu()
     cfg = TrainConfig(
@@ -109,6 +110,8 @@ def test_pair_loss_trains_target_aware_scores() -> None:
         n_uniform_negatives=32,
         n_inbatch_negatives=32,
         pair_loss_weight=0.5,
+        pair_negatives_from=negatives_from,
+        pair_hard_pool=20,
     )
     train(model, train_data, valid, cfg)
     items, times = (
@@ -121,6 +124,40 @@ def test_pair_loss_trains_target_aware_scores() -> None:
     with torch.no_grad():
         _, scores = model.pair_repr(items, times, torch.stack([good, bad], dim=1))
     assert (scores[:, 0] > scores[:, 1]).float().mean() > 0.9  # untrained: ~0.5
+
+
+def test_hard_pair_negatives_come_from_the_models_own_top_items() -> None:
+    """Retrieval negatives: the target first, then distinct items of the model's top pool by dot product,
+    never padding, a seen item or the target itself."""
+    from models.sequences import training_batches
+    from models.train import _hard_pair_candidates
+
+    train_data, _, _ = leave_one_out(cluster_walks(64, seed=3))
+    model = _hstu().eval()
+    batch = next(iter(training_batches(train_data, 32, model.config.max_len, np.random.default_rng(0))))
+    cands = _hard_pair_candidates(model, batch, 6, 12, torch.Generator().manual_seed(0))
+    assert cands.shape == (len(batch.items), 7)
+    assert torch.equal(cands[:, 0], batch.targets[:, -1])
+    with torch.no_grad():
+        scores = model.user_state(batch.items, batch.timestamps) @ model.item_embeddings().T
+    for row, cand in enumerate(cands):
+        neg = cand[1:]
+        assert len(set(neg.tolist())) == 6
+        assert 0 not in neg and cand[0] not in neg
+        assert not set(neg.tolist()) & set(batch.items[row].tolist())
+        allowed = scores[row].clone()
+        allowed[0] = -torch.inf
+        allowed[batch.items[row]] = -torch.inf
+        allowed[cand[0]] = -torch.inf
+        pool = set(allowed.topk(12).indices.tolist())
+        assert set(neg.tolist()) <= pool
+
+
+def test_train_config_names_bad_pair_negative_settings() -> None:
+    with pytest.raises(ValueError, match="pair_negatives_from"):
+        TrainConfig(pair_negatives_from="popular")
+    with pytest.raises(ValueError, match="pair_hard_pool"):
+        TrainConfig(pair_negatives=8, pair_hard_pool=4)
 
 
 def test_codes_give_an_item_unseen_in_training_a_meaningful_embedding() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from models.scorer import DistillBatch, NumpyScorer, ScorerConfig, ThinScorer, distill
@@ -46,3 +47,44 @@ def test_numpy_request_path_matches_the_torch_model() -> None:
             want = model(data.u[:1], data.e[:1], data.p[:1], h[None], data.s[:1])[0].numpy()
         got = fast(data.u[0].numpy(), data.e[0].numpy(), p, h.numpy(), data.s[0].numpy())
         assert np.abs(got - want).max() < 1e-5
+
+
+def test_fm_base_starts_at_the_fm_logit_on_hits_and_misses() -> None:
+    """With base `fm` an untrained scorer whose MLP outputs 0 scores a hit with the FM pair score
+    (scale * p.e) and a miss with the FM retrieval logit (scale * u.e); the NumPy copy agrees."""
+    data = _batch(4, 6, 8, torch.zeros(4, dtype=torch.long))
+    model = ThinScorer(ScorerConfig(dim=8, base="fm", scale=20.0)).eval()
+    last = model.mlp[3]
+    assert isinstance(last, torch.nn.Linear)
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    hit = torch.tensor([[1.0, 0.0, 1.0, 0.0, 1.0, 0.0]]).expand(4, 6)
+    with torch.no_grad():
+        got = model(data.u, data.e, data.p, hit, data.s)
+    want = 20.0 * torch.where(hit > 0, (data.p * data.e).sum(-1), (data.u.unsqueeze(1) * data.e).sum(-1))
+    assert torch.allclose(got, want, atol=1e-5)
+    fast = NumpyScorer(model)
+    np.testing.assert_allclose(
+        fast(data.u[0].numpy(), data.e[0].numpy(), data.p[0].numpy(), hit[0].numpy(), data.s[0].numpy()),
+        want[0].numpy(),
+        atol=1e-4,
+    )
+    no_pairs = fast(data.u[0].numpy(), data.e[0].numpy(), None, np.zeros(6, np.float32), data.s[0].numpy())
+    np.testing.assert_allclose(no_pairs, 20.0 * (data.u[0] * data.e[0]).sum(-1).numpy(), atol=1e-4)
+
+
+def test_trained_fm_base_numpy_copy_matches() -> None:
+    data = _batch(64, 12, 8, torch.randint(0, 12, (64,), generator=torch.Generator().manual_seed(4)))
+    model = ThinScorer(ScorerConfig(dim=8, base="fm", scale=5.0))
+    distill(model, data, epochs=3)
+    fast = NumpyScorer(model)
+    hit = (torch.rand(12, generator=torch.Generator().manual_seed(5)) < 0.5).float()
+    with torch.no_grad():
+        want = model(data.u[:1], data.e[:1], data.p[:1], hit[None], data.s[:1])[0].numpy()
+    got = fast(data.u[0].numpy(), data.e[0].numpy(), data.p[0].numpy(), hit.numpy(), data.s[0].numpy())
+    assert np.abs(got - want).max() < 1e-4
+
+
+def test_scorer_config_names_a_bad_base() -> None:
+    with pytest.raises(ValueError, match="base='pair'"):
+        ScorerConfig(dim=8, base="pair")
