@@ -143,9 +143,25 @@ class Trained:
         return float(self.meta["cpu_s"])
 
 
+# fm / fm.train fields added after the cache's first entries, with the value that reproduces the recipe
+# before them: left out of the key at that value, so the cached FMs stay valid
+LATER_FM_FIELDS = {"pair_gate": False}
+LATER_TRAIN_FIELDS = {"pair_negatives_from": "batch", "pair_hard_pool": 200, "pair_cuts": 1}
+
+
+def recipe_key_fields(cfg: Config) -> dict[str, Any]:
+    """The FM recipe as the cache keys it."""
+    fm = dataclasses.asdict(cfg.fm)
+    fm = {k: v for k, v in fm.items() if not (k in LATER_FM_FIELDS and v == LATER_FM_FIELDS[k])}
+    fm["train"] = {
+        k: v for k, v in fm["train"].items() if not (k in LATER_TRAIN_FIELDS and v == LATER_TRAIN_FIELDS[k])
+    }
+    return fm
+
+
 def cache_key(cfg: Config, known: pd.DataFrame) -> str:
     """Digest of the FM recipe and the exact training events."""
-    h = hashlib.sha256(json.dumps(dataclasses.asdict(cfg.fm), sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps(recipe_key_fields(cfg), sort_keys=True).encode())
     cols = known[["user_idx", "item_idx", "timestamp"]].sort_values(["user_idx", "timestamp", "item_idx"])
     h.update(pd.util.hash_pandas_object(cols, index=False).to_numpy().tobytes())
     h.update(str(cfg.split.loo_min_events).encode())

@@ -47,6 +47,10 @@ class HSTUConfig:
     time_buckets: int = 64  # log-time-gap buckets of the relative time bias
     l2_norm: bool = True  # score with L2-normalised user and item vectors (cosine / temperature)
     temperature: float = 0.05  # logit scale 1/temperature when l2_norm, ignored otherwise
+    # pair vector = user state + g * candidate output with a learned scalar g that starts at 0, so the pair
+    # score starts as the retrieval score and the target-aware part enters only as far as it helps;
+    # False: g = 1 (the candidate output, unit-norm when l2_norm, always weighs as much as the state)
+    pair_gate: bool = False
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -206,6 +210,8 @@ class HSTU(nn.Module):
         self.pos_bias = nn.Parameter(torch.zeros(config.n_layers, config.max_len + 1))
         self.time_bias = nn.Parameter(torch.zeros(config.n_layers, config.time_buckets + 1))
         self.candidate_marker = nn.Parameter(torch.zeros(config.dim))  # tells candidates from history events
+        if config.pair_gate:
+            self.pair_gate = nn.Parameter(torch.zeros(()))  # the candidate output's weight in the pair vector
         self.ln_f = nn.LayerNorm(config.dim)
 
     # ---- core -------------------------------------------------------------------------------------------
@@ -294,6 +300,7 @@ class HSTU(nn.Module):
         timestamps: torch.Tensor,
         candidates: torch.Tensor,
         candidate_ts: torch.Tensor | None = None,
+        cuts: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass over [history | candidates]: history outputs (B, T, D) and candidate outputs (B, C, D).
 
@@ -301,11 +308,20 @@ class HSTU(nn.Module):
         sits at relative position T (the next slot) and defaults to the last history timestamp. A candidate's
         vector is the user state plus the candidate token's output, so the pair score starts from the
         decomposable retrieval score and learns the target-aware interaction on top.
+
+        `cuts` (B, C), for training: candidate j of row b sees only the history up to position cuts[b, j]
+        (its user state is the output there), as if the request came right after that event, so one pass
+        trains the pair head at several points of each history.
         """
         t = items.shape[1]
-        h = self._with_candidates(items, timestamps, candidates, candidate_ts)  # (B, T+C, D)
+        h = self._with_candidates(items, timestamps, candidates, candidate_ts, cuts)  # (B, T+C, D)
+        if cuts is None:
+            state = h[:, t - 1 : t]  # (B, 1, D)
+        else:
+            state = h[:, :t].gather(1, cuts.unsqueeze(-1).expand(-1, -1, h.shape[-1]))  # (B, C, D)
         # The candidate's own output is a target-aware correction to the user state it builds on.
-        pair = h[:, t - 1 : t] + h[:, t:]  # (B, C, D)
+        own = h[:, t:] * self.pair_gate if self.config.pair_gate else h[:, t:]
+        pair = state + own  # (B, C, D)
         return h[:, :t], F.normalize(pair, dim=-1) if self.config.l2_norm else pair
 
     def candidate_outputs(
@@ -314,7 +330,7 @@ class HSTU(nn.Module):
         """The user state (B, D) and each candidate token's own output (B, C, D), from one M-FALCON pass:
         the parts `encode_with_candidates` adds into the pair vector, for heads built on them."""
         t = items.shape[1]
-        h = self._with_candidates(items, timestamps, candidates, None)
+        h = self._with_candidates(items, timestamps, candidates, None, None)
         return h[:, t - 1], h[:, t:]
 
     def _with_candidates(
@@ -323,17 +339,23 @@ class HSTU(nn.Module):
         timestamps: torch.Tensor,
         candidates: torch.Tensor,
         candidate_ts: torch.Tensor | None,
+        cuts: torch.Tensor | None,
     ) -> torch.Tensor:
         """Outputs (B, T+C, D) of one pass over [history | candidates] (see encode_with_candidates)."""
         b, t = items.shape
         c = candidates.shape[1]
-        if candidate_ts is None:
-            candidate_ts = timestamps[:, -1:].expand(b, c)
         dev = items.device
-        pos = torch.cat([torch.arange(t, device=dev), torch.full((c,), t, device=dev)]).unsqueeze(0)
+        if cuts is None:
+            if candidate_ts is None:
+                candidate_ts = timestamps[:, -1:].expand(b, c)
+            pos = torch.cat([torch.arange(t, device=dev), torch.full((c,), t, device=dev)]).unsqueeze(0)
+        else:
+            if candidate_ts is None:
+                candidate_ts = timestamps.gather(1, cuts)
+            pos = torch.cat([torch.arange(t, device=dev).expand(b, t), cuts + 1], dim=1)  # (B, T+C)
         ts = torch.cat([timestamps, candidate_ts], dim=1)  # (B, T+C)
         x = torch.cat([self._embed(items), self._embed(candidates) + self.candidate_marker], dim=1)
-        h, _ = self._layers(x, pos, pos, ts, ts, _falcon_mask(items, c))
+        h, _ = self._layers(x, pos, pos, ts, ts, _falcon_mask(items, c, cuts))
         return self._output(h)
 
     # ---- incremental encoding for returning users -------------------------------------------------------
@@ -363,13 +385,17 @@ class HSTU(nn.Module):
         return KVCache([k for k, _ in kvs], [v for _, v in kvs], k_ts, valid, self._output(h[:, -1]))
 
 
-def _falcon_mask(items: torch.Tensor, n_candidates: int) -> torch.Tensor:
-    """(B, T+C, T+C) float mask: causal over valid history; candidates see valid history and themselves."""
+def _falcon_mask(items: torch.Tensor, n_candidates: int, cuts: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T+C, T+C) float mask: causal over valid history; candidates see valid history (up to their cut,
+    when `cuts` (B, C) is given) and themselves."""
     b, t = items.shape
     c, dev = n_candidates, items.device
     valid = items != 0  # (B, T)
     hist = torch.ones(t, t, dtype=torch.bool, device=dev).tril() & valid.unsqueeze(1)  # (B, T, T)
     top = torch.cat([hist, torch.zeros(b, t, c, dtype=torch.bool, device=dev)], dim=2)  # (B, T, T+C)
     eye = torch.eye(c, dtype=torch.bool, device=dev).expand(b, c, c)
-    bottom = torch.cat([valid.unsqueeze(1).expand(b, c, t), eye], dim=2)  # (B, C, T+C)
+    seen = valid.unsqueeze(1).expand(b, c, t)  # (B, C, T)
+    if cuts is not None:
+        seen = seen & (torch.arange(t, device=dev) <= cuts.unsqueeze(-1))
+    bottom = torch.cat([seen, eye], dim=2)  # (B, C, T+C)
     return torch.cat([top, bottom], dim=1).float()

@@ -63,6 +63,10 @@ class TrainConfig:
     # step, seen items and the target excluded: the candidates the pair head has to rank when served)
     pair_negatives_from: str = "batch"
     pair_hard_pool: int = 200
+    # HSTU only: points of each history the pair loss trains at per batch: the newest (1, the default)
+    # or the newest plus pair_cuts-1 random supervised positions (one M-FALCON pass, candidates masked to
+    # the history up to their cut), so the pair head sees ~pair_cuts x more examples per epoch
+    pair_cuts: int = 1
     bf16_logits: bool = False  # full_ce: (N, n_items) logits matmul in bfloat16, loss in float32
     random_windows: bool = False  # histories longer than max_len+1: a random window each epoch
     eval_batch_size: int = 1024
@@ -113,6 +117,7 @@ class TrainConfig:
             self.pair_negatives_from,
             f"must be one of {PAIR_NEGATIVES}",
         )
+        require(self.pair_cuts >= 1, name, "pair_cuts", self.pair_cuts, "must be >= 1")
         require(
             self.pair_hard_pool >= self.pair_negatives,
             name,
@@ -211,13 +216,18 @@ def _batch_loss(
     items, times, targets = batch.items[rows], batch.timestamps[rows], batch.targets[rows]  # (b, T)
     pair_loss = torch.zeros(())
     if isinstance(model, HSTU) and cfg.pair_loss_weight > 0:
-        if cfg.pair_negatives_from == "batch":
+        cuts = None
+        if cfg.pair_cuts > 1:
+            cands, cuts = _cut_pair_candidates(model, batch, cfg, gen)
+            cands, cuts = cands[rows], cuts[rows]  # (b, K*(1+P)) each
+        elif cfg.pair_negatives_from == "batch":
             cands = _pair_candidates(batch.targets[:, -1], cfg.pair_negatives, gen)[rows]  # (b, 1+P), pos 1st
         else:
             cands = _hard_pair_candidates(model, batch, cfg.pair_negatives, cfg.pair_hard_pool, gen)[rows]
-        hidden, h_cand = model.encode_with_candidates(items, times, cands)
-        positive = torch.zeros(len(cands), dtype=torch.long)
-        pair_loss = nn.functional.cross_entropy(model.pair_score(h_cand, cands), positive)
+        hidden, h_cand = model.encode_with_candidates(items, times, cands, cuts=cuts)
+        groups = model.pair_score(h_cand, cands).reshape(-1, 1 + cfg.pair_negatives)  # positive first
+        positive = torch.zeros(len(groups), dtype=torch.long)
+        pair_loss = nn.functional.cross_entropy(groups, positive)
     else:
         hidden = model(items, times)  # (b, T, D)
     keep = targets > 0
@@ -265,6 +275,39 @@ def _hard_pair_candidates(
     top = scores.topk(min(pool, scores.shape[1] - 1), dim=1).indices  # (B, pool)
     pick = torch.rand(top.shape, generator=gen).argsort(dim=1)[:, :n_neg]  # (B, n_neg)
     return torch.cat([target.unsqueeze(1), top.gather(1, pick)], dim=1)
+
+
+@torch.no_grad()
+def _cut_pair_candidates(
+    model: HSTU, batch: Batch, cfg: TrainConfig, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidates and cuts (B, K*(1+P)) for the pair loss at K points of each history: the newest position
+    and K-1 supervised positions drawn at random; per point its next item, then P negatives (other rows'
+    next items at their same point, or the model's own top `pair_hard_pool` items there, seen items and
+    the target excluded). Computed for the whole batch, so every DDP rank draws the same."""
+    b, t = batch.targets.shape
+    k, n_neg = cfg.pair_cuts, cfg.pair_negatives
+    weights = (batch.targets[:, :-1] > 0).float() + 1e-9  # (B, T-1): supervised positions but the newest
+    others = torch.multinomial(weights, k - 1, replacement=True, generator=gen)  # (B, K-1)
+    others = torch.where(batch.targets.gather(1, others) > 0, others, t - 1)  # a row with one target
+    cuts = torch.cat([torch.full((b, 1), t - 1), others], dim=1)  # (B, K)
+    target = batch.targets.gather(1, cuts)  # (B, K)
+    if cfg.pair_negatives_from == "batch":
+        shifts = torch.randint(1, max(b, 2), (n_neg,), generator=gen)  # (P,)
+        idx = (torch.arange(b).unsqueeze(1) + shifts.unsqueeze(0)) % b  # (B, P)
+        neg = target[idx].transpose(1, 2)  # (B, K, P): row idx[b, p]'s next item at the same point
+    else:
+        states = model(batch.items, batch.timestamps)  # (B, T, D)
+        u = states.gather(1, cuts.unsqueeze(-1).expand(-1, -1, states.shape[-1]))  # (B, K, D)
+        scores = u @ model.item_embeddings().T  # (B, K, n_items+1)
+        scores[..., 0] = -torch.inf
+        scores.scatter_(2, batch.items.unsqueeze(1).expand(b, k, t), -torch.inf)  # the window's items
+        scores.scatter_(2, target.unsqueeze(-1), -torch.inf)
+        top = scores.topk(min(cfg.pair_hard_pool, scores.shape[-1] - 1), dim=-1).indices  # (B, K, pool)
+        pick = torch.rand(top.shape, generator=gen).argsort(dim=-1)[..., :n_neg]
+        neg = top.gather(-1, pick)  # (B, K, P)
+    cands = torch.cat([target.unsqueeze(-1), neg], dim=-1).reshape(b, k * (1 + n_neg))
+    return cands, cuts.unsqueeze(-1).expand(b, k, 1 + n_neg).reshape(b, k * (1 + n_neg))
 
 
 def _train_epoch(

@@ -229,6 +229,7 @@ class FMTrainConfig:
     pair_negatives: int = 4
     pair_negatives_from: str = "batch"
     pair_hard_pool: int = 200
+    pair_cuts: int = 1
     random_windows: bool = False
 
     def __post_init__(self) -> None:
@@ -276,6 +277,7 @@ class FMTrainConfig:
             self.pair_hard_pool,
             f"an integer >= pair_negatives ({self.pair_negatives})",
         )
+        _require(1 <= self.pair_cuts <= 256, "fm.train.pair_cuts", self.pair_cuts, "an integer in [1, 256]")
 
 
 @dataclass(frozen=True)
@@ -291,6 +293,7 @@ class FMConfig:
     time_buckets: int = 64
     l2_norm: bool = True
     temperature: float = 0.05
+    pair_gate: bool = False  # HSTU: the candidate output enters the pair vector through a learned weight
     train: FMTrainConfig = field(default_factory=FMTrainConfig)
     # a challenger becomes specrec-fm@champion only when its validation score beats the champion's
     promote_metric: str = "ndcg@10"
@@ -328,7 +331,8 @@ class FMConfig:
             "l2_norm": self.l2_norm,
             "temperature": self.temperature,
         }
-        return arch | ({"time_buckets": self.time_buckets} if self.model == "hstu" else {})
+        hstu = {"time_buckets": self.time_buckets, "pair_gate": self.pair_gate}
+        return arch | (hstu if self.model == "hstu" else {})
 
 
 @dataclass(frozen=True)

@@ -99,3 +99,38 @@ def test_codes_give_items_sharing_codes_related_embeddings() -> None:
     table = model.item_emb.table()
     assert torch.equal(table[1], table[2]) and table[1].norm() > 0.05
     assert not torch.allclose(table[1], table[3]) and torch.equal(table[0], torch.zeros(16))
+
+
+def test_gated_pair_starts_at_the_retrieval_score_and_opens_with_its_gate() -> None:
+    """pair_gate: with the gate at 0 the pair score is the user state's score of the item (what retrieval
+    ranks by); once the gate opens the candidate's own output changes it. Without the gate it never equals."""
+    items, times = _history()
+    cand = torch.tensor([[5, 6, 7, 8]] * 3)
+    gated, plain = _model(pair_gate=True), _model()
+    with torch.no_grad():
+        scores = gated.user_state(items, times) @ gated.item_embeddings().T
+        dot = scores.gather(1, cand) * gated.logit_scale()
+        _, closed = gated.pair_repr(items, times, cand)
+        gated.pair_gate.fill_(0.5)
+        _, opened = gated.pair_repr(items, times, cand)
+        _, ungated = plain.pair_repr(items, times, cand)
+    assert torch.allclose(closed, dot, atol=1e-4)
+    assert (opened - dot).abs().max() > 1e-2
+    assert (ungated - dot).abs().max() > 1e-2
+    assert "pair_gate" not in dict(plain.named_parameters())  # old checkpoints load unchanged
+
+
+def test_pair_with_a_cut_equals_the_pair_of_the_history_up_to_the_cut() -> None:
+    """Training cuts: a candidate cut at position k scores as if the history ended at event k."""
+    model = _model(pair_gate=True)
+    with torch.no_grad():
+        model.pair_gate.fill_(0.7)
+    items, times = _history(t=12)
+    cand = torch.tensor([[5, 6, 9, 11]] * 3)
+    cuts = torch.tensor([[11, 11, 7, 9]] * 3)  # row 0 is padded up to position 3
+    with torch.no_grad():
+        _, cut_vec = model.encode_with_candidates(items, times, cand, cuts=cuts)
+        for j in range(cand.shape[1]):
+            k = int(cuts[0, j])
+            want, _ = model.pair_repr(items[:, : k + 1], times[:, : k + 1], cand[:, j : j + 1])
+            assert torch.allclose(cut_vec[:, j], want[:, 0], atol=1e-5), j

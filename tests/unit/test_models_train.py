@@ -32,7 +32,7 @@ def cluster_walks(n_users: int, seed: int, skip_item: int = 0) -> Sequences:
     return Sequences(items, times)
 
 
-def _hstu(codes: torch.Tensor | None = None) -> HSTU:
+def _hstu(codes: torch.Tensor | None = None, pair_gate: bool = False) -> HSTU:
     torch.manual_seed(0)
     levels = 0 if codes is None else codes.shape[1]
     cfg = HSTUConfig(
@@ -43,6 +43,7 @@ def _hstu(codes: torch.Tensor | None = None) -> HSTU:
         dropout=0.1,
         n_code_levels=levels,
         codebook_size=CLUSTER if levels else 0,
+        pair_gate=pair_gate,
     )
     return HSTU(cfg, codes)
 
@@ -96,10 +97,19 @@ def test_training_lowers_loss_and_beats_popularity(kind: str, loss: str) -> None
     assert result.tokens_per_s > 0 and result.best_epoch >= 1
 
 
-@pytest.mark.parametrize("negatives_from", ["batch", "retrieval"])
-def test_pair_loss_trains_target_aware_scores(negatives_from: str) -> None:
+@pytest.mark.parametrize(
+    ("negatives_from", "gate", "cuts"),
+    [
+        ("batch", False, 1),
+        ("retrieval", False, 1),
+        ("batch", True, 1),
+        ("batch", True, 4),
+        ("retrieval", True, 4),
+    ],
+)
+def test_pair_loss_trains_target_aware_scores(negatives_from: str, gate: bool, cuts: int) -> None:
     train_data, valid, test = leave_one_out(cluster_walks(400, seed=1))
-    model = _hstu()
+    model = _hstu(pair_gate=gate)
     cfg = TrainConfig(
         loss="sampled_softmax",
         lr=5e-3,
@@ -112,6 +122,7 @@ def test_pair_loss_trains_target_aware_scores(negatives_from: str) -> None:
         pair_loss_weight=0.5,
         pair_negatives_from=negatives_from,
         pair_hard_pool=20,
+        pair_cuts=cuts,
     )
     train(model, train_data, valid, cfg)
     items, times = (
@@ -153,11 +164,36 @@ def test_hard_pair_negatives_come_from_the_models_own_top_items() -> None:
         assert set(neg.tolist()) <= pool
 
 
+@pytest.mark.parametrize("negatives_from", ["batch", "retrieval"])
+def test_cut_pair_candidates_target_each_cuts_next_item(negatives_from: str) -> None:
+    """K cuts per row, the newest first; each group of 1+P starts with the next item after its cut, and
+    never uses a padded position as a cut."""
+    from models.sequences import training_batches
+    from models.train import _cut_pair_candidates
+
+    train_data, _, _ = leave_one_out(cluster_walks(64, seed=3))
+    model = _hstu().eval()
+    batch = next(iter(training_batches(train_data, 32, model.config.max_len, np.random.default_rng(0))))
+    cfg = TrainConfig(pair_cuts=3, pair_negatives=5, pair_negatives_from=negatives_from, pair_hard_pool=10)
+    cands, cuts = _cut_pair_candidates(model, batch, cfg, torch.Generator().manual_seed(0))
+    b, t = batch.targets.shape
+    assert cands.shape == cuts.shape == (b, 3 * 6)
+    groups, group_cuts = cands.reshape(b, 3, 6), cuts.reshape(b, 3, 6)
+    assert (group_cuts == group_cuts[..., :1]).all()  # one cut per group
+    assert (group_cuts[:, 0] == t - 1).all()  # the newest point first
+    assert torch.equal(groups[..., 0], batch.targets.gather(1, group_cuts[..., 0]))
+    assert (groups[..., 0] > 0).all()  # never a padded position
+    if negatives_from == "retrieval":
+        assert (groups[..., 1:] != groups[..., :1]).all() and (groups[..., 1:] > 0).all()
+
+
 def test_train_config_names_bad_pair_negative_settings() -> None:
     with pytest.raises(ValueError, match="pair_negatives_from"):
         TrainConfig(pair_negatives_from="popular")
     with pytest.raises(ValueError, match="pair_hard_pool"):
         TrainConfig(pair_negatives=8, pair_hard_pool=4)
+    with pytest.raises(ValueError, match="pair_cuts=0"):
+        TrainConfig(pair_cuts=0)
 
 
 def test_codes_give_an_item_unseen_in_training_a_meaningful_embedding() -> None:
