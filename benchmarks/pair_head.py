@@ -12,16 +12,29 @@ M-FALCON output) on the FM's own top-N candidates of the events before clock.sta
 events), and scores them on the same cycles: `linear` adds (W h_c).e, `mlp` adds an MLP of
 [h_c*e, h_c*u, u*e]. Whether a target-aware head trained as a ranker beats the cheap score at all.
 
+With `--train-fm`, it first trains a fresh FM like `train_fm` (same data and params, seed --seed; no registry,
+a fixed number of epochs instead of the wall-clock budget) with the pair-loss recipe given by
+`--pair-negatives-from` (batch: other users' next items; retrieval: hard negatives from the model's
+own top items), `--pair-negatives`, `--pair-loss-weight`, `--pair-cuts` (points of each history the
+pair loss trains at) and `--pair-gate` (the candidate output enters the pair vector through a learned
+weight that starts at 0), and scores that FM: does a pair head trained on
+the candidates it will rank beat the dot product?
+
     python benchmarks/pair_head.py                      # the pipeline's FM (data/models/fm), 6 cycles
     python benchmarks/pair_head.py --residual-heads linear mlp    # + the two residual heads (~8 min)
+    python benchmarks/pair_head.py --train-fm --pair-negatives-from retrieval --pair-negatives 32 \
+        --pair-loss-weight 0.1 --out benchmarks/results/pair_head_retrieval_w0.1.json   # ~5 min
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +49,9 @@ sys.path.insert(0, str(REPO))
 
 from models.hstu import HSTU  # noqa: E402
 from models.sequences import Sequences, history_batch  # noqa: E402
-from models.train import load_checkpoint  # noqa: E402
+from models.train import build_model, load_checkpoint, train  # noqa: E402
 from specrec.clock import Cycle, EventLog, ReplayClock  # noqa: E402
-from specrec.config import load_config  # noqa: E402
+from specrec.config import Config, load_config  # noqa: E402
 from specrec.fm.replay_eval import cycle_targets  # noqa: E402
 from specrec.io import read_parquet  # noqa: E402
 
@@ -134,6 +147,45 @@ def train_head(
     }
 
 
+def train_fresh(cfg: Config, args: argparse.Namespace, folder: Path) -> dict[str, object]:
+    """Train the pipeline's FM with the requested pair-loss recipe into `folder`; what it did."""
+    from specrec.fm.data import load_loo
+    from specrec.fm.train import train_config
+
+    data = load_loo(cfg.path(cfg.paths.split), cfg.path(cfg.paths.prepared))
+    torch.manual_seed(args.seed)  # as specrec.fm.train.fm_model, with --seed for fm.train.seed
+    arch = cfg.fm.model_config(data.n_items) | ({"pair_gate": True} if args.pair_gate else {})
+    model = build_model(cfg.fm.model, arch)
+    tcfg = dataclasses.replace(
+        train_config(cfg, progress=True),
+        seed=args.seed,
+        pair_negatives_from=args.pair_negatives_from,
+        pair_negatives=args.pair_negatives or cfg.fm.train.pair_negatives,
+        pair_cuts=args.pair_cuts,
+        pair_loss_weight=(
+            cfg.fm.train.pair_loss_weight if args.pair_loss_weight is None else args.pair_loss_weight
+        ),
+        max_epochs=args.train_epochs,
+        patience=args.train_epochs,
+        time_budget_s=None,
+    )
+    started = time.perf_counter()
+    result = train(model, data.train, data.valid, tcfg, None, folder)
+    return {
+        "seed": args.seed,
+        "pair_gate": args.pair_gate,
+        "pair_negatives_from": tcfg.pair_negatives_from,
+        "pair_negatives": tcfg.pair_negatives,
+        "pair_cuts": tcfg.pair_cuts,
+        "pair_hard_pool": tcfg.pair_hard_pool,
+        "pair_loss_weight": tcfg.pair_loss_weight,
+        "epochs": result.n_epochs,
+        "best_epoch": result.best_epoch,
+        "valid_ndcg@10": result.best_metrics["ndcg@10"],
+        "train_wall_s": time.perf_counter() - started,
+    }
+
+
 def paired(a: list[float], b: list[float]) -> dict[str, object]:
     """Mean of a - b and its 95% bootstrap interval over events."""
     diff = np.array(a) - np.array(b)
@@ -155,15 +207,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-from", default="2010-01-01", help="first event (UTC date) the heads train on")
     p.add_argument("--head-epochs", type=int, default=2)
     p.add_argument("--hidden", type=int, default=32, help="hidden units of the mlp head")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="of the heads, and of the FM with --train-fm")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--train-fm", action="store_true", help="train a fresh FM (recipe below) and score it")
+    p.add_argument("--pair-negatives-from", choices=["batch", "retrieval"], default="batch")
+    p.add_argument("--pair-negatives", type=int, default=None, help="default: fm.train.pair_negatives")
+    p.add_argument("--pair-loss-weight", type=float, default=None, help="default: fm.train.pair_loss_weight")
+    p.add_argument("--pair-gate", action="store_true", help="HSTUConfig.pair_gate (a gated candidate output)")
+    p.add_argument("--pair-cuts", type=int, default=1, help="points per history the pair loss trains at")
+    p.add_argument("--train-epochs", type=int, default=13, help="the pipeline FM's epochs in its budget")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
+    if args.train_fm and args.model is not None:
+        p.error("--train-fm trains its own FM; drop --model")
     args.head_lr = {"linear": 0.003, "mlp": 0.001}
     torch.set_num_threads(args.threads)
     cfg = load_config(args.params)
     folder = args.model or cfg.path(cfg.paths.fm)
-    fm = load_checkpoint(folder)
+    trained: dict[str, object] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.train_fm:
+            folder = Path(tmp) / "fm"
+            trained = train_fresh(cfg, args, folder)
+        fm = load_checkpoint(folder)
     if not isinstance(fm, HSTU):
         raise SystemExit(f"{folder} holds a {type(fm).__name__}; the pair head is HSTU's (fm.model: hstu)")
     for param in fm.parameters():
@@ -190,7 +256,10 @@ def main(argv: list[str] | None = None) -> None:
                     out[kind] += ndcg_at_10(head(fm, items, times, cand), found).tolist()
     vs_dot = paired(out["pair"], out["dot"])
     result = {
-        "model": str(folder.relative_to(cfg.root)) if folder.is_relative_to(cfg.root) else str(folder),
+        "model": "trained here"
+        if args.train_fm
+        else (str(folder.relative_to(cfg.root)) if folder.is_relative_to(cfg.root) else str(folder)),
+        "trained": trained,
         "events": len(out["dot"]),
         "candidates": args.candidates,
         "recall@candidates": float(np.mean(out["recall"])),
