@@ -217,13 +217,11 @@ def _batch_loss(
     pair_loss = torch.zeros(())
     if isinstance(model, HSTU) and cfg.pair_loss_weight > 0:
         cuts = None
-        if cfg.pair_cuts > 1:
-            cands, cuts = _cut_pair_candidates(model, batch, cfg, gen)
-            cands, cuts = cands[rows], cuts[rows]  # (b, K*(1+P)) each
-        elif cfg.pair_negatives_from == "batch":
+        if cfg.pair_cuts == 1 and cfg.pair_negatives_from == "batch":
             cands = _pair_candidates(batch.targets[:, -1], cfg.pair_negatives, gen)[rows]  # (b, 1+P), pos 1st
         else:
-            cands = _hard_pair_candidates(model, batch, cfg.pair_negatives, cfg.pair_hard_pool, gen)[rows]
+            cands, cuts = _cut_pair_candidates(model, batch, cfg, gen)
+            cands, cuts = cands[rows], cuts[rows]  # (b, K*(1+P)) each
         hidden, h_cand = model.encode_with_candidates(items, times, cands, cuts=cuts)
         groups = model.pair_score(h_cand, cands).reshape(-1, 1 + cfg.pair_negatives)  # positive first
         positive = torch.zeros(len(groups), dtype=torch.long)
@@ -261,36 +259,22 @@ def _pair_candidates(last_targets: torch.Tensor, n_neg: int, gen: torch.Generato
 
 
 @torch.no_grad()
-def _hard_pair_candidates(
-    model: HSTU, batch: Batch, n_neg: int, pool: int, gen: torch.Generator
-) -> torch.Tensor:
-    """(B, 1+n_neg) candidates: each row's next item, then n_neg items drawn without replacement from the
-    model's current top-`pool` by dot product at the last position (padding, the row's seen items and its
-    target excluded). Computed for the whole batch, so every DDP rank draws the same."""
-    target = batch.targets[:, -1]  # (B,)
-    scores = model.user_state(batch.items, batch.timestamps) @ model.item_embeddings().T  # (B, n_items+1)
-    scores[:, 0] = -torch.inf
-    scores.scatter_(1, batch.items, -torch.inf)  # seen items (padding 0 included)
-    scores.scatter_(1, target.unsqueeze(1), -torch.inf)
-    top = scores.topk(min(pool, scores.shape[1] - 1), dim=1).indices  # (B, pool)
-    pick = torch.rand(top.shape, generator=gen).argsort(dim=1)[:, :n_neg]  # (B, n_neg)
-    return torch.cat([target.unsqueeze(1), top.gather(1, pick)], dim=1)
-
-
-@torch.no_grad()
 def _cut_pair_candidates(
     model: HSTU, batch: Batch, cfg: TrainConfig, gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Candidates and cuts (B, K*(1+P)) for the pair loss at K points of each history: the newest position
-    and K-1 supervised positions drawn at random; per point its next item, then P negatives (other rows'
-    next items at their same point, or the model's own top `pair_hard_pool` items there, seen items and
-    the target excluded). Computed for the whole batch, so every DDP rank draws the same."""
+    """Candidates and cuts (B, K*(1+P)) for the pair loss at K = pair_cuts points of each history: the
+    newest position and K-1 supervised positions drawn at random; per point its next item, then P
+    negatives (other rows' next items at their same point, or the model's own top `pair_hard_pool` items
+    there, the window's items and the target excluded). Computed for the whole batch, so every DDP rank
+    draws the same."""
     b, t = batch.targets.shape
     k, n_neg = cfg.pair_cuts, cfg.pair_negatives
-    weights = (batch.targets[:, :-1] > 0).float() + 1e-9  # (B, T-1): supervised positions but the newest
-    others = torch.multinomial(weights, k - 1, replacement=True, generator=gen)  # (B, K-1)
-    others = torch.where(batch.targets.gather(1, others) > 0, others, t - 1)  # a row with one target
-    cuts = torch.cat([torch.full((b, 1), t - 1), others], dim=1)  # (B, K)
+    cuts = torch.full((b, 1), t - 1)  # (B, 1): the newest point
+    if k > 1:
+        weights = (batch.targets[:, :-1] > 0).float() + 1e-9  # (B, T-1): supervised, but the newest
+        others = torch.multinomial(weights, k - 1, replacement=True, generator=gen)  # (B, K-1)
+        others = torch.where(batch.targets.gather(1, others) > 0, others, t - 1)  # a row with one target
+        cuts = torch.cat([cuts, others], dim=1)  # (B, K)
     target = batch.targets.gather(1, cuts)  # (B, K)
     if cfg.pair_negatives_from == "batch":
         shifts = torch.randint(1, max(b, 2), (n_neg,), generator=gen)  # (P,)

@@ -141,12 +141,14 @@ def test_hard_pair_negatives_come_from_the_models_own_top_items() -> None:
     """Retrieval negatives: the target first, then distinct items of the model's top pool by dot product,
     never padding, a seen item or the target itself."""
     from models.sequences import training_batches
-    from models.train import _hard_pair_candidates
+    from models.train import _cut_pair_candidates
 
     train_data, _, _ = leave_one_out(cluster_walks(64, seed=3))
     model = _hstu().eval()
     batch = next(iter(training_batches(train_data, 32, model.config.max_len, np.random.default_rng(0))))
-    cands = _hard_pair_candidates(model, batch, 6, 12, torch.Generator().manual_seed(0))
+    cfg = TrainConfig(pair_negatives_from="retrieval", pair_negatives=6, pair_hard_pool=12)
+    cands, cuts = _cut_pair_candidates(model, batch, cfg, torch.Generator().manual_seed(0))
+    assert (cuts == batch.items.shape[1] - 1).all()  # pair_cuts 1: the newest point only
     assert cands.shape == (len(batch.items), 7)
     assert torch.equal(cands[:, 0], batch.targets[:, -1])
     with torch.no_grad():
