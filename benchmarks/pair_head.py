@@ -85,13 +85,14 @@ class ResidualHead(nn.Module):
     def __init__(self, kind: str, dim: int, hidden: int) -> None:
         super().__init__()
         self.kind = kind
-        if kind == "linear":
-            self.net = nn.Linear(dim, dim, bias=False)  # r = (W h_c) . e
-            nn.init.zeros_(self.net.weight)
-        else:
-            self.net = nn.Sequential(nn.Linear(3 * dim, hidden), nn.SiLU(), nn.Linear(hidden, 1))
-            nn.init.zeros_(self.net[2].weight)
-            nn.init.zeros_(self.net[2].bias)
+        last = nn.Linear(dim, dim, bias=False) if kind == "linear" else nn.Linear(hidden, 1)
+        nn.init.zeros_(last.weight)  # r = 0 at initialisation
+        if last.bias is not None:
+            nn.init.zeros_(last.bias)
+        # linear: r = (W h_c) . e; mlp: r = MLP([h_c*e, h_c*u, u*e])
+        self.net: nn.Module = (
+            last if kind == "linear" else nn.Sequential(nn.Linear(3 * dim, hidden), nn.SiLU(), last)
+        )
 
     def forward(self, fm: HSTU, items: torch.Tensor, times: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
         """Scores (B, C) of candidates (B, C) for histories (B, T); the FM itself stays frozen."""
@@ -109,7 +110,7 @@ class ResidualHead(nn.Module):
 
 def train_head(
     fm: HSTU, table: torch.Tensor, log: EventLog, cutoff: pd.Timestamp, kind: str, args: argparse.Namespace
-) -> tuple[ResidualHead, dict[str, float]]:
+) -> tuple[ResidualHead, dict[str, object]]:
     """Train a residual head by softmax over the FM's own top-N candidates of the events in
     [args.train_from, cutoff) whose item is among them (the base's training events)."""
     torch.manual_seed(args.seed)
@@ -140,11 +141,12 @@ def train_head(
             total += float(loss.detach()) * len(part)
         losses.append(total / len(examples))
     head.eval()
-    return head, {
+    info: dict[str, object] = {
         "train_events": len(targets),
         "train_examples": len(examples),
         "train_loss_by_epoch": losses,
     }
+    return head, info
 
 
 def train_fresh(cfg: Config, args: argparse.Namespace, folder: Path) -> dict[str, object]:
