@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO))
 
 from models.hstu import HSTU  # noqa: E402
 from models.sequences import Sequences, history_batch  # noqa: E402
-from models.train import build_model, load_checkpoint, train  # noqa: E402
+from models.train import load_checkpoint, train  # noqa: E402
 from specrec.clock import Cycle, EventLog, ReplayClock  # noqa: E402
 from specrec.config import Config, load_config  # noqa: E402
 from specrec.fm.replay_eval import cycle_targets  # noqa: E402
@@ -152,30 +152,30 @@ def train_head(
 def train_fresh(cfg: Config, args: argparse.Namespace, folder: Path) -> dict[str, object]:
     """Train the pipeline's FM with the requested pair-loss recipe into `folder`; what it did."""
     from specrec.fm.data import load_loo
-    from specrec.fm.train import train_config
+    from specrec.fm.train import fm_model, train_config
 
     data = load_loo(cfg.path(cfg.paths.split), cfg.path(cfg.paths.prepared))
-    torch.manual_seed(args.seed)  # as specrec.fm.train.fm_model, with --seed for fm.train.seed
-    arch = cfg.fm.model_config(data.n_items) | ({"pair_gate": True} if args.pair_gate else {})
-    model = build_model(cfg.fm.model, arch)
-    tcfg = dataclasses.replace(
-        train_config(cfg, progress=True),
+    ft = cfg.fm.train
+    recipe = dataclasses.replace(
+        ft,
         seed=args.seed,
         pair_negatives_from=args.pair_negatives_from,
-        pair_negatives=args.pair_negatives or cfg.fm.train.pair_negatives,
+        pair_negatives=args.pair_negatives or ft.pair_negatives,
         pair_cuts=args.pair_cuts,
-        pair_loss_weight=(
-            cfg.fm.train.pair_loss_weight if args.pair_loss_weight is None else args.pair_loss_weight
-        ),
+        pair_loss_weight=ft.pair_loss_weight if args.pair_loss_weight is None else args.pair_loss_weight,
         max_epochs=args.train_epochs,
         patience=args.train_epochs,
         time_budget_s=None,
     )
+    fm = dataclasses.replace(cfg.fm, pair_gate=args.pair_gate or cfg.fm.pair_gate, train=recipe)
+    cfg = dataclasses.replace(cfg, fm=fm)  # the pipeline's FM builders, with this recipe
+    model = fm_model(cfg, data)
+    tcfg = train_config(cfg, progress=True)
     started = time.perf_counter()
     result = train(model, data.train, data.valid, tcfg, None, folder)
     return {
         "seed": args.seed,
-        "pair_gate": args.pair_gate,
+        "pair_gate": cfg.fm.pair_gate,
         "pair_negatives_from": tcfg.pair_negatives_from,
         "pair_negatives": tcfg.pair_negatives,
         "pair_cuts": tcfg.pair_cuts,
