@@ -71,6 +71,13 @@ def main() -> None:
         help="Override speculation.window (e.g. 30s: precompute every 30 seconds; the cadence sweep).",
     )
     parser.add_argument(
+        "--trigger",
+        choices=["window", "event"],
+        default=None,
+        help="Override speculation.trigger (event: also precompute after each event, event_delay later).",
+    )
+    parser.add_argument("--event-delay", default=None, help="Override speculation.event_delay (e.g. 5s).")
+    parser.add_argument(
         "--bare-fm",
         action="store_true",
         help="Replay with the bundle's bare base FM (no adapter, no codes), not the model serving uses.",
@@ -91,11 +98,20 @@ def main() -> None:
         cfg = dataclasses.replace(
             cfg, speculation=dataclasses.replace(cfg.speculation, request_state=args.request_state)
         )
-    if args.window:  # checked as params.yaml is: a duration, at most speculation.ttl
+    overrides = {
+        key: value
+        for key, value in (
+            ("window", args.window),
+            ("trigger", args.trigger),
+            ("event_delay", args.event_delay),
+        )
+        if value
+    }
+    if overrides:  # checked as params.yaml is: durations, at most speculation.ttl
         try:
-            spec = dataclasses.replace(cfg.speculation, window=args.window)
+            spec = dataclasses.replace(cfg.speculation, **overrides)
         except SpecrecError as e:
-            raise SystemExit(f"error: --window: {e}") from None
+            raise SystemExit(f"error: {e}") from None
         cfg = dataclasses.replace(cfg, speculation=spec)
     spec, clock = cfg.speculation, ReplayClock.from_config(cfg.clock)
     started = time.perf_counter()
@@ -174,6 +190,8 @@ def main() -> None:
         "ttl": spec.ttl,
         "candidates": spec.candidates,
         "request_state": spec.request_state,
+        "trigger": spec.trigger,
+        "event_delay": spec.event_delay,
         "replay": [start.isoformat(), end.isoformat()],
         "models": versions,
         "predictor": predictor.info,

@@ -78,3 +78,22 @@ def announce_promotion(model: str, version: object, as_of: str) -> None:
         resource={"prefect.resource.id": f"specrec.model.{model}", "prefect.resource.name": model},
         payload={"as_of": as_of, "model": model, "version": str(version)},
     )
+
+
+EVENTS_RECEIVED = "specrec.events.received"
+
+
+def announce_events(as_of: str, users: list[int]) -> None:
+    """Emit a Prefect event: a micro-batch of interaction events ending at as_of came from these users.
+
+    With `speculation.trigger: event` the deployment speculative_precompute has a trigger on this event
+    (flows/deploy.py) and runs the users' event-triggered precompute; whatever admits events (a stream
+    consumer) calls this once per micro-batch (a second of events).
+    """
+    from prefect.events import emit_event
+
+    emit_event(
+        EVENTS_RECEIVED,
+        resource={"prefect.resource.id": "specrec.events", "prefect.resource.name": "interaction events"},
+        payload={"as_of": as_of, "users": ",".join(str(int(u)) for u in users)},
+    )

@@ -22,7 +22,7 @@ from typing import Any
 
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 
-from flows.common import PROMOTED_EVENT
+from flows.common import EVENTS_RECEIVED, PROMOTED_EVENT
 from specrec.errors import SpecrecError
 
 # Every cron below is read in this IANA zone; change it to run the daily jobs at night local time (as_of
@@ -54,6 +54,9 @@ class Deployment:
     scheduled_as_of: bool = True  # as_of="scheduled" by default; False: the trigger must give an as_of
     on_promotion: bool = False  # also run on every PROMOTED_EVENT, with the promotion's as_of
     every: str | None = None  # instead of cron, a fixed interval such as "30s" (cron cannot go below 1 min)
+    # also run on every EVENTS_RECEIVED (a micro-batch of interaction events) with its as_of and users, when
+    # params.yaml has speculation.trigger: event
+    on_events: bool = False
 
     @property
     def name(self) -> str:
@@ -107,7 +110,9 @@ DEPLOYMENTS: tuple[Deployment, ...] = (
     ),
     Deployment("update_user_state", "nearline", "*/5 * * * *", ("feast",), retries=1),
     Deployment("update_item_stats", "nearline", "*/5 * * * *", ("feast",), retries=1),
-    Deployment("speculative_precompute", "nearline", "*/5 * * * *", ("speculation",), retries=1),
+    Deployment(
+        "speculative_precompute", "nearline", "*/5 * * * *", ("speculation",), retries=1, on_events=True
+    ),
     Deployment("train_scorer", "on-demand", None, ("training", "scorer")),
     Deployment("retrain_base", "on-demand", None, ("training", "fm"), parameters={"trigger": "manual"}),
     # run_cycle takes an explicit ISO as_of (a replay or backfill day), so its runs ask for one.
@@ -155,8 +160,9 @@ def __getattr__(name: str) -> Any:
     return served_flow(row)
 
 
-def to_deployment(row: Deployment, params: Path) -> Any:
-    """The RunnerDeployment of one row, with parameters that point at `params`."""
+def to_deployment(row: Deployment, params: Path, events: bool = False) -> Any:
+    """The RunnerDeployment of one row, with parameters that point at `params`; `events`: event-triggered
+    precompute is on (speculation.trigger: event), so an on_events row gets its trigger."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.deployments.runner import EntrypointType
     from prefect.events import DeploymentEventTrigger
@@ -173,6 +179,16 @@ def to_deployment(row: Deployment, params: Path) -> Any:
                 expect={PROMOTED_EVENT},
                 match={"prefect.resource.id": "specrec.model.*"},
                 parameters=parameters | {"as_of": "{{ event.payload.as_of }}"},
+            )
+        )
+    if row.on_events and events:
+        triggers.append(
+            DeploymentEventTrigger(
+                name=f"{row.flow} after interaction events",
+                expect={EVENTS_RECEIVED},
+                match={"prefect.resource.id": "specrec.events"},
+                parameters=parameters
+                | {"as_of": "{{ event.payload.as_of }}", "users": "{{ event.payload.users }}"},
             )
         )
     deployment = flow.to_deployment(
@@ -203,7 +219,8 @@ def deployments(params: Path, only: list[str] | None = None) -> list[Any]:
     unknown = sorted(set(only or []) - set(known))
     if unknown:
         raise SpecrecError(f"no deployment for flow(s) {unknown}; known: {known}.")
-    return [to_deployment(r, params.resolve()) for r in DEPLOYMENTS if not only or r.flow in only]
+    events = cfg.speculation.trigger == "event"
+    return [to_deployment(r, params.resolve(), events) for r in DEPLOYMENTS if not only or r.flow in only]
 
 
 def describe(rows: tuple[Deployment, ...] = DEPLOYMENTS) -> str:
@@ -212,6 +229,7 @@ def describe(rows: tuple[Deployment, ...] = DEPLOYMENTS) -> str:
     for r in rows:
         when = r.cron or (f"every {r.every}" if r.every else "triggered")
         extra = " + after each promotion" if r.on_promotion else ""
+        extra += " + after interaction events (speculation.trigger: event)" if r.on_events else ""
         lines.append(f"{r.name:<38} {when:<18} {r.retries:<8} {', '.join(r.tags)}{extra}")
     return "\n".join(lines)
 

@@ -1,9 +1,12 @@
 """Prefect flow `speculative_precompute(as_of, window)`: precompute FM pair representations for one window.
 
 `as_of` is the window's start (only events before it are read); `window` its length (default
-`speculation.window`). Rows go to the Feast `speculative` view of the serving bundle with expires_at =
-as_of + speculation.ttl. A failing FM batch is retried inside the task; if it keeps failing the task
-fails before anything is written, and Prefect's retry reruns the whole window.
+`speculation.window`). With `users` (`speculation.trigger: event`) it is the precompute those users'
+events trigger instead: `as_of` is the end of the micro-batch that saw them, each likely-to-return user
+gets a row with the history through as_of, within what the window holding as_of has left of its budget.
+Rows go to the Feast `speculative` view of the serving bundle with expires_at = as_of + speculation.ttl.
+A failing FM batch is retried inside the task; if it keeps failing the task fails before anything is
+written, and Prefect's retry reruns the whole window.
 
 With `dask.address` set (params.yaml) the FM pair representations are computed by `dask.shards` tasks on
 prefect-dask's DaskTaskRunner (subflow `precompute_pair_shards`), each a run of whole FM batches retried
@@ -22,6 +25,7 @@ from prefect.futures import wait
 
 from flows.common import resolve_as_of, retry_unless_user_error, setup
 from specrec.config import Config, load_config
+from specrec.errors import SpecrecError
 from specrec.sharding import PairShard, merge_pairs, pair_shards, task_runner
 
 if TYPE_CHECKING:
@@ -53,22 +57,30 @@ def _logged(cfg: Config, as_of: str, result: dict[str, Any], shards: int | None 
 
 
 @task(**RETRY)
-def precompute(params: str, as_of: str, window: str | None) -> dict[str, Any]:
-    """Predict, compute and write one window's speculative rows; log the window to MLflow `speculation`."""
+def precompute(params: str, as_of: str, window: str | None, users: list[int] | None = None) -> dict[str, Any]:
+    """Predict, compute and write one window's (or one event micro-batch's) speculative rows; log them to
+    MLflow `speculation`."""
     from specrec.nearline.store import open_store
-    from specrec.speculation.precompute import precompute_window
+    from specrec.speculation.precompute import precompute_events, precompute_window
 
     cfg, client = setup(params)
-    return _logged(cfg, as_of, precompute_window(cfg, as_of, open_store(cfg), client, window))
+    store = open_store(cfg)
+    if users is not None:
+        return _logged(cfg, as_of, precompute_events(cfg, as_of, users, store, client))
+    return _logged(cfg, as_of, precompute_window(cfg, as_of, store, client, window))
 
 
 @task(**RETRY, cache_policy=NO_CACHE)
-def plan_precompute(params: str, as_of: str, window: str | None) -> WindowPlan:
-    """Predict the window and choose its users and items (no FM pair computed yet)."""
+def plan_precompute(
+    params: str, as_of: str, window: str | None, users: list[int] | None = None
+) -> WindowPlan:
+    """Predict the window (or the event micro-batch) and choose its users and items (no FM pair yet)."""
     from specrec.nearline.store import open_store
-    from specrec.speculation.precompute import plan_window
+    from specrec.speculation.precompute import plan_events, plan_window
 
     cfg, client = setup(params)
+    if users is not None:
+        return plan_events(cfg, as_of, users, open_store(cfg), client)
     return plan_window(cfg, as_of, open_store(cfg), client, window)
 
 
@@ -102,11 +114,11 @@ def write_precompute(
 
 
 def precompute_sharded(
-    params: str, as_of: str, window: str | None, runner: Any, shards: int
+    params: str, as_of: str, window: str | None, runner: Any, shards: int, users: list[int] | None = None
 ) -> dict[str, Any]:
     """Plan in-process, compute the pairs in shards on the Dask task runner, write once."""
     started = time.perf_counter()
-    plan = plan_precompute(params, as_of, window)
+    plan = plan_precompute(params, as_of, window, users)
     pairs, parts = None, []
     if plan.users:
         batch_users = load_config(Path(params)).speculation.batch_users
@@ -115,18 +127,34 @@ def precompute_sharded(
     return write_precompute(params, as_of, plan, pairs, started, len(parts))
 
 
+def parse_users(users: list[int] | str | None) -> list[int] | None:
+    """The `users` parameter: a list of user ids, or its text ("1,2,3" or "[1, 2, 3]", as an event
+    trigger's template renders it); None for a window's precompute."""
+    if users is None or isinstance(users, list):
+        return users
+    text = users.strip().strip("[]")
+    try:
+        return [int(u) for u in text.replace(",", " ").split()]
+    except ValueError:
+        raise SpecrecError(
+            f"users = {users!r} is not a list of user ids; give integers such as 1,2,3 (none: a window)."
+        ) from None
+
+
 @flow(name="speculative_precompute")
 def speculative_precompute(
-    as_of: str, window: str | None = None, params: str = "params.yaml"
+    as_of: str, window: str | None = None, params: str = "params.yaml", users: list[int] | str | None = None
 ) -> dict[str, Any]:
-    """Precompute the window starting at as_of; a window with no predicted users writes nothing."""
+    """Precompute the window starting at as_of (or, with `users`, what those users' events trigger); a
+    window with no predicted users writes nothing."""
     as_of = resolve_as_of(as_of, params)
     params = str(Path(params).resolve())
+    ids = parse_users(users)
     dask = load_config(Path(params)).dask
     runner = task_runner(dask)
     if runner is None:
-        result = precompute(params, as_of, window)
+        result = precompute(params, as_of, window, ids)
     else:
-        result = precompute_sharded(params, as_of, window, runner, dask.shards)
+        result = precompute_sharded(params, as_of, window, runner, dask.shards, ids)
     get_run_logger().info("speculative precompute at %s: %s", as_of, result["message"])
     return result

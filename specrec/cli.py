@@ -432,10 +432,17 @@ def speculation_train(
 def speculation_precompute(
     as_of: Annotated[str, typer.Option(help="The window's start: only events before it are used.")],
     window: Annotated[str | None, typer.Option(help="Window length (default speculation.window).")] = None,
+    users: Annotated[
+        str | None,
+        typer.Option(
+            help="Event-triggered precompute for these users' events (comma-separated ids); "
+            "--as-of is then the end of the micro-batch that saw them."
+        ),
+    ] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Precompute FM pair representations for one window into Feast `speculative` (flow)."""
-    from flows.speculative_precompute import speculative_precompute
+    """Precompute FM pair representations for a window (or users' events) into Feast `speculative` (flow)."""
+    from flows.speculative_precompute import parse_users, speculative_precompute
 
     def run(cfg: Config) -> None:
         from specrec.clock import to_utc
@@ -444,7 +451,8 @@ def speculation_precompute(
         to_utc(as_of)  # bad input ends here with one line, before a flow run starts
         if window is not None:
             parse_duration("--window", window)
-        out = speculative_precompute(as_of=as_of, window=window, params=str(params.resolve()))
+        ids = parse_users(users)
+        out = speculative_precompute(as_of=as_of, window=window, params=str(params.resolve()), users=ids)
         typer.echo(f"speculative precompute at {out['as_of']}: {out['message']}")
 
     _run(run, params)

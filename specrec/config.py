@@ -458,6 +458,7 @@ class LoraFinetuneConfig:
 
 
 REQUEST_STATES = ("window", "event")
+TRIGGERS = ("window", "event")
 
 
 @dataclass(frozen=True)
@@ -481,10 +482,14 @@ class SpeculationConfig:
     batch_users: int = 16  # users per FM pair-representation batch in the precompute
     batch_retries: int = 2  # a failing FM batch is retried this many times, then nothing is written
     request_state: str = "window"  # window: requests use the nearline user state of their window start
+    # window: precompute only at window starts; event: also after each of a user's events (per-second
+    # micro-batches), with the history through that event, readable event_delay later (within the budget)
+    trigger: str = "window"
+    event_delay: str = "1s"  # from an event to its triggered row being readable in the online store
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for key in ("window", "ttl", "activity_horizon", "session_gap"):
+        for key in ("window", "ttl", "activity_horizon", "session_gap", "event_delay"):
             parse_duration(f"speculation.{key}", getattr(self, key))
         _require(
             parse_duration("speculation.ttl", self.ttl) >= parse_duration("speculation.window", self.window),
@@ -522,6 +527,14 @@ class SpeculationConfig:
             "speculation.request_state",
             self.request_state,
             f"one of {REQUEST_STATES}",
+        )
+        _require(self.trigger in TRIGGERS, "speculation.trigger", self.trigger, f"one of {TRIGGERS}")
+        delay = parse_duration("speculation.event_delay", self.event_delay)
+        _require(
+            pd.Timedelta("1s") <= delay < parse_duration("speculation.ttl", self.ttl),
+            "speculation.event_delay",
+            self.event_delay,
+            f"a duration of at least 1s (events are timed to the second), below speculation.ttl ({self.ttl})",
         )
 
 

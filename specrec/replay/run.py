@@ -65,6 +65,39 @@ def _nearline_tick(cfg: Config, store: FeatureStore, client: mlflow.MlflowClient
     return int(precompute_window(cfg, start, store, client)["pairs"])
 
 
+class EventTrigger:
+    """`speculation.trigger: event` in the replay: each request's event joins the micro-batch of its second;
+    a micro-batch's precompute (specrec.speculation.precompute.precompute_events, as the event-triggered
+    deployment runs it) knows events before the second's end and lands event_delay after the event, so it
+    is run before the first request at or after that time."""
+
+    def __init__(self, cfg: Config, store: FeatureStore, client: mlflow.MlflowClient) -> None:
+        self.cfg, self.store, self.client = cfg, store, client
+        self.on = cfg.replay.precompute and cfg.speculation.trigger == "event"
+        self.delay_s = int(
+            parse_duration("speculation.event_delay", cfg.speculation.event_delay).total_seconds()
+        )
+        self.queue: dict[int, set[int]] = {}  # end of the event's second (unix s) -> user ids
+        self.pairs, self.runs = 0, 0
+
+    def saw(self, user: int, t: float) -> None:
+        """A request's event happened at t."""
+        if self.on:
+            self.queue.setdefault(int(t) + 1, set()).add(user)
+
+    def land(self, now: float) -> None:
+        """Run every micro-batch whose row would have landed by `now`."""
+        from specrec.speculation.precompute import precompute_events
+
+        for end in sorted(self.queue):
+            if end - 1 + self.delay_s > now:
+                break
+            users = sorted(self.queue.pop(end))
+            at = pd.Timestamp(end, unit="s", tz="UTC")
+            self.pairs += int(precompute_events(self.cfg, at, users, self.store, self.client)["pairs"])
+            self.runs += 1
+
+
 def _fallbacks(text: str) -> dict[str, float]:
     """Fallback answers by reason from the scorer's /metrics (Prometheus text)."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -88,12 +121,15 @@ def serve_windows(cfg: Config, windows: list[Window], as_of: pd.Timestamp, bar: 
     scorer, _ = build_scorer(cfg, now=sim)  # no bundle watcher: the bundle is fixed for the cycle
     client = mlflow.MlflowClient()
     tally, pairs = Tally(), 0
+    triggered = EventTrigger(cfg, scorer.store, client)
     with serve_in_thread(create_app(scorer)) as url, httpx.Client(base_url=url, timeout=10) as http:
         for window in windows:
             if cfg.replay.precompute:
+                triggered.land(window.start.timestamp())
                 pairs += _nearline_tick(cfg, scorer.store, client, window.start)
             for user, item, ts in window.events[["user_id", "item_id", "timestamp"]].itertuples(index=False):
                 sim.t = ts.timestamp()
+                triggered.land(sim.t)
                 t = time.perf_counter()
                 try:
                     r = http.post("/recommend", json={"user_id": int(user), "k": cfg.replay.k})
@@ -101,10 +137,17 @@ def serve_windows(cfg: Config, windows: list[Window], as_of: pd.Timestamp, bar: 
                 except httpx.HTTPError:
                     body = None
                 tally.add(int(item), (time.perf_counter() - t) * 1000, body)
+                triggered.saw(int(user), sim.t)
                 bar.update(1)
         fallbacks = _fallbacks(http.get("/metrics").text)
     bundle_id = scorer.state.bundle.bundle_id
-    return {"tally": tally, "bundle_id": bundle_id, "pairs": pairs, "fallbacks": fallbacks}
+    return {
+        "tally": tally,
+        "bundle_id": bundle_id,
+        "pairs": pairs + triggered.pairs,
+        "event_precompute_runs": triggered.runs,
+        "fallbacks": fallbacks,
+    }
 
 
 def log_cycle(
@@ -138,6 +181,7 @@ def replay_cycle(cfg: Config, params: Path, cycle: Cycle, events: pd.DataFrame, 
         "windows": len(windows),
         "events_in_span": len(span),
         "pairs_precomputed": served["pairs"],
+        "event_precompute_runs": served["event_precompute_runs"],
         "cycle_steps": built["steps"],
         "cycle_seconds_by_step": built.get("seconds", {}),
     }

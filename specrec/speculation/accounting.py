@@ -33,6 +33,11 @@ class LiveRow:
     items: np.ndarray  # (n,) item indices
     used: np.ndarray  # (n,) bool
     payload: Any = None  # e.g. the pair representations, for quality evaluation
+    serving: int = -1  # events of the user in the state whose retrieval chose `items` (-1: `history`)
+
+    def __post_init__(self) -> None:
+        if self.serving < 0:
+            self.serving = self.history
 
 
 @dataclass
@@ -68,14 +73,24 @@ class Ledger:
         items: np.ndarray,
         payload: Any = None,
         cpu_s: float = 0.0,
+        serving: int = -1,
     ) -> None:
-        """Write a user's row (replacing the previous one)."""
+        """Write a user's row (replacing the previous one). `serving`: the events of the user state whose
+        retrieval chose the items, when it is not `history` (an event-triggered row's fresh history with
+        the nearline window state's candidates)."""
         old = self.rows.get(user)
         if old is not None:
             self._close(old)
         items = np.asarray(items, np.int64)
         self.rows[user] = LiveRow(
-            window, computed_at, computed_at + self.ttl_s, history, items, np.zeros(len(items), bool), payload
+            window,
+            computed_at,
+            computed_at + self.ttl_s,
+            history,
+            items,
+            np.zeros(len(items), bool),
+            payload,
+            serving,
         )
         self.computed[window] += len(items)
         self.users[window] += 1

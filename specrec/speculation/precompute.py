@@ -160,6 +160,135 @@ def plan_window(
     )
 
 
+def window_start(when: pd.Timestamp, window: pd.Timedelta) -> pd.Timestamp:
+    """The start of the precompute window holding `when`: windows are aligned on the epoch, as the
+    `*/5` (or `every`) deployments fire."""
+    return when.floor(window)
+
+
+def _spent(store: FeatureStore, bundle_id: str, lo: pd.Timestamp, hi: pd.Timestamp) -> int:
+    """Pairs this view's rows of the bundle computed in [lo, hi), from its parquet history (only the
+    files written in that span are read: history_file names them by their write's time)."""
+    folder = offline_dir(store, VIEW) / f"bundle={bundle_id}"
+    if not folder.exists():
+        return 0
+    total = 0
+    for f in sorted(folder.glob("as_of=*.parquet")):
+        written = pd.to_datetime(f.name[len("as_of=") :][:17], format="%Y-%m-%dT%H%M%S", utc=True)
+        if lo <= written < hi:
+            total += int(pd.read_parquet(f, columns=["item_ids"])["item_ids"].map(len).sum())
+    return total
+
+
+def plan_events(
+    cfg: Config, as_of: object, users: list[int], store: FeatureStore, client: MlflowClient
+) -> WindowPlan:
+    """The precompute triggered by users' events (`speculation.trigger: event`): `as_of` is the end of the
+    micro-batch that saw them (events before it are known). Each user the predictor expects back within
+    the ttl (P >= min_p_active) whose live row is older than the user's newest event gets a row with the
+    history through as_of and the candidates of the user state serving reads when the row lands, while
+    the budget of the window holding as_of (pairs already written in it counted) lasts."""
+    from models.speculator import activity_features
+    from specrec.speculation.registry import load_champion
+
+    when = to_utc(as_of)
+    spec = cfg.speculation
+    ttl, length = (
+        parse_duration("speculation.ttl", spec.ttl),
+        parse_duration("speculation.window", spec.window),
+    )
+    delay = parse_duration("speculation.event_delay", spec.event_delay)
+    _check_ttl(store, ttl)
+    bundle = bundles.serving(client)
+    if bundle is None:
+        raise SpecrecError(
+            "no specrec-bundle@serving: materialize a bundle first (materialize_item_embeddings)."
+        )
+    predictor = load_champion(client)
+    fm = as_hstu(bundle_fm(cfg, client, bundle).model, bundle.fm_version)
+    events = read_parquet(cfg.path(cfg.paths.prepared) / "interactions.parquet", "prepared interactions")
+    items = read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet", "prepared items")
+    known = items[items["first_seen"] < when]
+    world = replay.World(fm, events, known["item_idx"].to_numpy(), spec, when)
+    s = int(when.timestamp())
+    ids = np.unique(np.asarray(users, np.int64))
+    dense = world.times.dense(ids)
+    unknown = ids[dense < 0]
+    if len(unknown):
+        log.info("event-triggered precompute at %s: no events before it for users %s", when, unknown[:10])
+    ids, dense = ids[dense >= 0], dense[dense >= 0]
+    p = (
+        predictor.predictor.model.predict(
+            activity_features(world.times, dense, np.full(len(ids), s), world.window_s)
+        )
+        if len(ids)
+        else np.zeros(0)
+    )
+    likely = p >= spec.min_p_active
+    hist = world.count_before(ids, s)
+    live = _live_rows(store, ids[likely], bundle.bundle_id)
+    newest = {
+        int(u): int(world.history((int(u), int(h)))[1][-1]) for u, h in zip(ids, hist, strict=True) if h
+    }
+    fresh = np.array(
+        [
+            int(u) in live and live[int(u)].timestamp() - ttl.total_seconds() > newest.get(int(u), 0)
+            for u in ids
+        ],
+        bool,
+    )
+    pick = likely & ~fresh & (hist > 0)
+    w0 = window_start(when, length)
+    left = spec.budget - _spent(store, bundle.bundle_id, w0, when)
+    serving = replay.serving_history(
+        world, ids, np.full(len(ids), s), np.full(len(ids), s + int(delay.total_seconds()) - 1), 0
+    )
+    chosen: dict[int, tuple[int, np.ndarray]] = {}
+    for i in np.flatnonzero(pick)[np.argsort(-p[pick], kind="stable")]:  # likeliest first
+        top = np.unique(world.top((int(ids[i]), int(serving[i])))[: spec.candidates])
+        if len(top) and len(top) <= left:
+            chosen[int(ids[i])] = (int(hist[i]), top)
+            left -= len(top)
+    base = {
+        "as_of": when.isoformat(),
+        "bundle_id": bundle.bundle_id,
+        "trigger": "event",
+        "triggering_users": float(len(users)),
+        "skipped_unlikely_users": float((~likely).sum()),
+        "skipped_fresh_users": float((likely & fresh).sum()),
+        "budget_left": float(left),
+    }
+    chosen_users = sorted(chosen)
+    item_id = dict(zip(items["item_idx"].to_numpy(), items["item_id"].to_numpy(), strict=True))
+    return WindowPlan(
+        when,
+        bundle,
+        when + ttl,
+        base,
+        chosen_users,
+        [world.history((u, chosen[u][0])) for u in chosen_users],
+        [chosen[u][1] for u in chosen_users],
+        [np.array([item_id[i] for i in chosen[u][1]], np.int64) for u in chosen_users],
+    )
+
+
+def precompute_events(
+    cfg: Config,
+    as_of: object,
+    users: list[int],
+    store: FeatureStore,
+    client: MlflowClient,
+    compute: PairFn | None = None,
+) -> dict[str, Any]:
+    """The event-triggered precompute of `users` at as_of (plan_events), computed and written at once."""
+    started = time.perf_counter()
+    plan = plan_events(cfg, as_of, users, store, client)
+    result = None
+    if plan.users:
+        result = compute_pairs(cfg, client, plan.bundle, plan.histories, plan.candidates, compute)
+    return write_window(cfg, store, plan, result, started)
+
+
 def compute_pairs(
     cfg: Config,
     client: MlflowClient,

@@ -278,6 +278,18 @@ class Outcome:
     cold_requests: int
 
 
+def _fresh(ledger: Ledger, users: np.ndarray, hist: np.ndarray, s: int) -> np.ndarray:
+    """Users whose live row at s already holds what a window-start precompute would compute: the pairs of
+    the same history for the candidates of the same state."""
+    return np.array(
+        [
+            (r := ledger.live(int(u), s)) is not None and r.history == h and r.serving == h
+            for u, h in zip(users, hist, strict=True)
+        ],
+        bool,
+    )
+
+
 def _selection(
     world: World,
     strategy: str,
@@ -292,18 +304,14 @@ def _selection(
     if strategy == "predictor":
         users, p = ctx["plan"].by_window.get(k, (np.zeros(0, np.int64), np.zeros(0)))
         hist = world.count_before(users, s)
-        fresh = np.array(
-            [
-                (r := ledger.live(int(u), s)) is not None and r.history == h
-                for u, h in zip(users, hist, strict=True)
-            ],
-            bool,
-        )
+        fresh = _fresh(ledger, users, hist, s)
         users, p, hist = users[~fresh], p[~fresh], hist[~fresh]
         pos, rank = select_pairs(p * (hist > 0), ctx["curve"], budget, spec.min_p_active)
     elif strategy == "recent":
         users, counts = ctx["last_window"].get(k - 1, (np.zeros(0, np.int64), np.zeros(0, np.int64)))
         hist = world.count_before(users, s)
+        fresh = _fresh(ledger, users, hist, s)  # (an event-triggered row may already hold the window's)
+        users, counts, hist = users[~fresh], counts[~fresh], hist[~fresh]
         pos, rank = recent_users(counts * (hist > 0), spec.candidates, budget)
     else:
         n = ctx["spend"].get(k, 0)
@@ -323,6 +331,33 @@ def _selection(
     return {u: v for u, v in out.items() if len(v[1])}
 
 
+@dataclass
+class _Job:
+    """One precompute: a user's history and the items whose pair vectors it computes."""
+
+    window: int  # the window whose budget paid for it
+    user: int
+    history: int
+    items: np.ndarray
+    ready_at: int  # when the row lands in the online store (unix s)
+    serving: int = -1  # the state whose retrieval chose the items, when not `history`
+
+
+def _event_triggers(world: World, reqs: Requests, strategy: str, ctx: dict[str, Any]) -> np.ndarray:
+    """Which requests' events trigger a precompute (`trigger: event`): the last event of its user in its
+    second (the nearline consumer reads per-second micro-batches), with the predictor's P(active within
+    the ttl) after it at least min_p_active (the heuristic triggers on every event)."""
+    n = len(reqs.t)
+    last = np.ones(n, bool)
+    if n:
+        order = np.lexsort((np.arange(n), reqs.t, reqs.user))  # by user, time, then replay order
+        same = (reqs.user[order][1:] == reqs.user[order][:-1]) & (reqs.t[order][1:] == reqs.t[order][:-1])
+        last[order[:-1][same]] = False
+    if strategy == "predictor":
+        return last & (ctx["event_p"] >= world.spec.min_p_active)
+    return last
+
+
 def simulate(
     world: World,
     reqs: Requests,
@@ -332,10 +367,21 @@ def simulate(
     ctx: dict[str, Any],
     vectors: bool = False,
 ) -> Outcome:
-    """Run precompute windows and requests in time order for one strategy at one budget."""
+    """Run precompute windows and requests in time order for one strategy at one budget.
+
+    Every precompute is a job (user, history, items) that lands at `ready_at`: the window start for the
+    window-start selection; with `trigger: event` also event_delay after each triggering event, with the
+    history through that event and the items the serving path retrieves for the user then, as long as the
+    window's budget lasts. With `vectors` the FM pair vectors of every job are computed afterwards in
+    batches (what a job computes depends only on its history and items) and handed to the served
+    requests' records."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy {strategy!r} is not one of {STRATEGIES}")
     spec, ledger = world.spec, Ledger(world.ttl_s)
+    event_mode = spec.trigger == "event" and strategy != "random"
+    delay = seconds(spec, "event_delay")
+    triggers = _event_triggers(world, reqs, strategy, ctx) if event_mode else np.zeros(len(reqs.t), bool)
+    serving = trigger_serving(world, reqs, start_s) if event_mode else reqs.history
     by_window: dict[int, list[int]] = defaultdict(list)
     for i, w in enumerate(reqs.window):
         by_window[int(w)].append(i)
@@ -346,47 +392,98 @@ def simulate(
         windows |= {w + 1 for w in by_window}
     else:
         windows |= set(ctx["spend"])
-    spend: dict[int, int] = {}
+    spend: dict[int, int] = defaultdict(int)
     served: list[Served] = []
-    cpu, computed, cold = 0.0, 0, 0
+    jobs: list[_Job] = []
+    pending: list[_Job] = []  # event-triggered jobs not landed yet, in ready_at order (constant delay)
+    cold = 0
+
+    def write(job: _Job) -> None:
+        ledger.precompute(
+            job.window, job.user, job.ready_at, job.history, job.items, len(jobs), serving=job.serving
+        )
+        jobs.append(job)
+
+    def land(until: int) -> None:
+        while pending and pending[0].ready_at <= until:
+            write(pending.pop(0))
+
     for k in sorted(windows):
         s = start_s + k * world.window_s
+        land(s)
         chosen = _selection(world, strategy, k, s, budget, ctx, ledger)
-        if chosen:
-            users = list(chosen)
-            vecs: list[Any] = [None] * len(users)
-            share = 0.0
-            if vectors:
-                result = pair_batches(
-                    world.fm.pair_repr,
-                    [world.history((u, chosen[u][0])) for u in users],
-                    [chosen[u][1] for u in users],
-                    world.fm.config.max_len,
-                    spec.batch_users,
-                    spec.batch_retries,
-                )
-                vecs, share = result.vectors, result.cpu_s / len(users)
-                cpu += result.cpu_s
-            for u, v in zip(users, vecs, strict=True):
-                ledger.precompute(k, u, s, chosen[u][0], chosen[u][1], v, share)
-            spend[k] = sum(len(chosen[u][1]) for u in users)
-            computed += spend[k]
+        for u, (hist, items) in chosen.items():
+            write(_Job(k, u, hist, items, s))
+            spend[k] += len(items)
         for i in by_window.get(k, []):
+            t = int(reqs.t[i])
+            land(t)
             key = (int(reqs.user[i]), int(reqs.history[i]))
             cand = world.top(key)[: spec.candidates]
             if len(cand) == 0:
                 cold += 1
-                continue
-            row, hit = ledger.request(k, key[0], int(reqs.t[i]), cand)
-            if ctx.get("record"):
-                served.append(
-                    Served(
-                        i, cand, None if row is None else row.items, None if row is None else row.payload, hit
-                    )
-                )
-    ledger_copy = ledger
-    ledger_copy.finish()
-    return Outcome(strategy, budget, ledger_copy, spend, served, cpu, computed, cold)
+            else:
+                row, hit = ledger.request(k, key[0], t, cand)
+                if ctx.get("record"):
+                    got = None if row is None else row.items
+                    served.append(Served(i, cand, got, None if row is None else row.payload, hit))
+            if triggers[i]:
+                job = _triggered(world, reqs, i, k, int(serving[i]), delay)
+                if job is not None and spend[k] + len(job.items) <= budget:
+                    pending.append(job)
+                    spend[k] += len(job.items)
+    land(np.iinfo(np.int64).max)
+    cpu = 0.0
+    if vectors and jobs:
+        result = pair_batches(
+            world.fm.pair_repr,
+            [world.history((j.user, j.history)) for j in jobs],
+            [j.items for j in jobs],
+            world.fm.config.max_len,
+            spec.batch_users,
+            spec.batch_retries,
+        )
+        cpu = result.cpu_s
+        per_pair = cpu / max(sum(len(j.items) for j in jobs), 1)
+        for j in jobs:
+            ledger.cpu_s[j.window] += per_pair * len(j.items)
+        for r in served:
+            if r.row_vectors is not None:
+                r.row_vectors = result.vectors[int(r.row_vectors)]
+    ledger.finish()
+    spend = {w: n for w, n in spend.items() if n}
+    return Outcome(strategy, budget, ledger, spend, served, cpu, sum(spend.values()), cold)
+
+
+def serving_history(
+    world: World, users: np.ndarray, at: np.ndarray, ready: np.ndarray, anchor_s: int
+) -> np.ndarray:
+    """Events of the user state whose retrieval an event-triggered precompute knowing everything before
+    `at` takes its items from: the per-event state with `request_state: event`; else the nearline state
+    of the window (windows from `anchor_s`) the row lands in at `ready`, as far as the job can know it (a
+    later window's state may hold events after `at`, which the job cannot see)."""
+    users, at, ready = np.asarray(users, np.int64), np.asarray(at, np.int64), np.asarray(ready, np.int64)
+    if world.spec.request_state == "event":
+        return world.count_before(users, at)
+    w_start = anchor_s + ((ready - anchor_s) // world.window_s) * world.window_s
+    return world.count_before(users, np.minimum(w_start, at))
+
+
+def trigger_serving(world: World, reqs: Requests, start_s: int) -> np.ndarray:
+    """(R,) `serving_history` of each request's event-triggered precompute: it knows the event's whole
+    second (per-second micro-batches) and lands event_delay after the event."""
+    ready = reqs.t + seconds(world.spec, "event_delay")
+    return serving_history(world, reqs.user, reqs.t + 1, ready, start_s)
+
+
+def _triggered(world: World, reqs: Requests, i: int, k: int, serving: int, delay: int) -> _Job | None:
+    """The precompute request i's event triggers: the user's history through the event and the top
+    candidates of the `serving` state; None when that state is a cold start."""
+    user = int(reqs.user[i])
+    items = np.unique(world.top((user, serving))[: world.spec.candidates])
+    if len(items) == 0:
+        return None
+    return _Job(k, user, int(reqs.position[i]) + 1, items, int(reqs.t[i]) + delay, serving)
 
 
 def context(
@@ -400,7 +497,13 @@ def context(
         last[int(w)] = (counts.index.to_numpy(np.int64), counts.to_numpy(np.int64))
     users = world.times.users
     first = world.times.seconds[world.times.start[:-1]] if len(users) else np.zeros(0, np.int64)
+    event_p = np.zeros(len(reqs.t))
+    if world.spec.trigger == "event" and predictor is not None and len(reqs.t):
+        # P(active within the ttl) right after each request's event (its features include the event)
+        x = activity_features(world.times, world.times.dense(reqs.user), reqs.t + 1, world.window_s)
+        event_p = predictor.model.predict(x)
     return {
+        "event_p": event_p,
         "plan": span_plan,
         "curve": None if predictor is None else predictor.curve,
         "last_window": last,
@@ -421,6 +524,9 @@ def prefetch(world: World, reqs: Requests, span_plan: Plan, start_s: int) -> Non
         s = start_s + (int(w) + 1) * world.window_s
         users = np.unique(reqs.user[reqs.window == w])
         keys += [(int(u), int(n)) for u, n in zip(users, world.count_before(users, s), strict=True)]
+    if world.spec.trigger == "event":
+        serving = trigger_serving(world, reqs, start_s)
+        keys += [(int(u), int(n)) for u, n in zip(reqs.user, serving, strict=True)]
     started = time.perf_counter()
     world.ensure(keys)
     log.info("states and retrieval for %d keys in %.1f s", len(set(keys)), time.perf_counter() - started)

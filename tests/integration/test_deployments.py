@@ -97,8 +97,8 @@ def test_every_deployment_registers_with_its_schedule(client: object, server: st
     assert schedule.schedule.timezone == TIMEZONE
     with temporary_settings(updates={PREFECT_API_URL: server}):
         to_deployment(
-            next(r for r in DEPLOYMENTS if r.flow == row.flow), project
-        ).apply()  # the table's again
+            next(r for r in DEPLOYMENTS if r.flow == row.flow), project, events=True
+        ).apply()  # the table's again (the tiny project's params.yaml has speculation.trigger: event)
     materialize = client.read_deployment_by_name(  # type: ignore[attr-defined]
         "materialize_item_embeddings/nearline"
     )
@@ -114,6 +114,21 @@ def test_every_deployment_registers_with_its_schedule(client: object, server: st
         assert time.monotonic() < deadline, "no materialize_item_embeddings run after the promotion event"
         time.sleep(0.5)
     assert runs[0].parameters == dict(materialize.parameters) | {"as_of": "2018-02-26T00:00:00+00:00"}
+    # speculation.trigger: event: a micro-batch of interaction events schedules an event-triggered precompute
+    precompute = client.read_deployment_by_name("speculative_precompute/nearline")  # type: ignore[attr-defined]
+    automations = client.read_resource_related_automations(  # type: ignore[attr-defined]
+        f"prefect.deployment.{precompute.id}"
+    )
+    assert [a.trigger.expect for a in automations] == [{"specrec.events.received"}]
+    _announce_events(server, "2018-02-26T00:10:05+00:00", [3, 5])
+    deadline = time.monotonic() + 30
+    while not (runs := _runs_of(client, precompute.id, "2018-02-26T00:10:05+00:00")):
+        assert time.monotonic() < deadline, "no speculative_precompute run after the events event"
+        time.sleep(0.5)
+    assert runs[0].parameters == dict(precompute.parameters) | {
+        "as_of": "2018-02-26T00:10:05+00:00",
+        "users": "3,5",
+    }
 
 
 def _announce_promotion(server: str, as_of: str) -> None:
@@ -125,6 +140,18 @@ def _announce_promotion(server: str, as_of: str) -> None:
 
     with temporary_settings(updates={PREFECT_API_URL: server}):
         announce_promotion("specrec-fm-adapter", 1, as_of)
+        EventsWorker.drain_all()
+
+
+def _announce_events(server: str, as_of: str, users: list[int]) -> None:
+    """Emit a micro-batch's events event as an event consumer would, and wait until it is sent."""
+    from prefect.events.worker import EventsWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.common import announce_events
+
+    with temporary_settings(updates={PREFECT_API_URL: server}):
+        announce_events(as_of, users)
         EventsWorker.drain_all()
 
 

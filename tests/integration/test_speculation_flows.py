@@ -311,6 +311,51 @@ def test_quality_compares_the_scorer_with_and_without_pairs_and_both_upper_bound
         assert d["ndcg@10_with"] == d["ndcg@10_without"]
 
 
+def test_event_triggered_precompute_writes_the_history_through_the_event(
+    trained: dict,  # type: ignore[type-arg]
+    tiny: TinyProject,
+) -> None:
+    """`speculative_precompute(as_of, users=...)` (trigger: event) as a real flow run: a row with the bundle
+    FM's pair vectors of the history through the micro-batch, expiring one ttl after it; a rerun finds it
+    fresh; users (given as an event trigger renders them) without a history are named, not written."""
+    from specrec.nearline.bundle_fm import bundle_fm
+    from specrec.speculation.models import as_hstu
+
+    cfg, store, client, bundle = tiny.cfg, trained["store"], trained["client"], trained["bundle"]
+    clock = ReplayClock.from_config(cfg.clock)
+    events = pd.read_parquet(cfg.path(cfg.paths.prepared) / "interactions.parquet")
+    items = pd.read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet")
+    span = events[
+        (events["timestamp"] >= clock.cycle(2).start) & (events["timestamp"] < clock.cycle(2).as_of)
+    ]
+    out, at, user = None, None, None
+    for ev in span.sort_values("timestamp").iloc[::7].itertuples():  # an event whose user is expected back
+        at = ev.timestamp.floor("1s") + pd.Timedelta("1s")
+        user = int(ev.user_id)
+        state = speculative_precompute(
+            as_of=at.isoformat(), users=f"[{user}]", params=str(tiny.params), return_state=True
+        )
+        assert state.is_completed(), state
+        out = state.result()
+        if out["users"] == 1:
+            break
+    assert out is not None and at is not None and user is not None and out["users"] == 1, out
+    assert out["trigger"] == "event" and 0 < out["pairs"] <= cfg.speculation.budget
+    got_items, flat, _, expires = _rows(store, [user], bundle.bundle_id)[user]
+    assert pd.Timestamp(expires) == at + pd.Timedelta(cfg.speculation.ttl)
+    fm = as_hstu(bundle_fm(cfg, client, bundle).model, bundle.fm_version)
+    world = replay.World(fm, events, items["item_idx"].to_numpy(), cfg.speculation, at)
+    hist = int(world.count_before(np.array([user]), int(at.timestamp()))[0])
+    assert hist == int(((events["user_id"] == user) & (events["timestamp"] < at)).sum())
+    idx = items.set_index("item_id").loc[list(got_items), "item_idx"].to_numpy()
+    want, _ = replay._full_fm(world, [(user, hist)], [idx])
+    np.testing.assert_allclose(np.asarray(flat).reshape(len(idx), -1), want[0], atol=1e-4)
+    again = speculative_precompute(as_of=at.isoformat(), users=[user], params=str(tiny.params))
+    assert again["rows_written"] == 0 and again["skipped_fresh_users"] == 1
+    nobody = speculative_precompute(as_of=at.isoformat(), users="987654321", params=str(tiny.params))
+    assert nobody["rows_written"] == 0 and nobody["triggering_users"] == 1
+
+
 def test_cli_refuses_bad_input_in_one_line(root: object) -> None:
     import subprocess
     import sys
@@ -318,6 +363,7 @@ def test_cli_refuses_bad_input_in_one_line(root: object) -> None:
     for args, expected in (
         (["precompute", "--as-of", "2018-02-01", "--window", "soon"], "--window = 'soon'"),
         (["train", "--as-of", "yesterday-ish"], "as_of = 'yesterday-ish'"),
+        (["precompute", "--as-of", "2018-02-01", "--users", "7,eight"], "users = '7,eight'"),
     ):
         proc = subprocess.run(
             [str(Path(sys.executable).parent / "specrec"), "speculation", *args],

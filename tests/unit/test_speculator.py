@@ -168,3 +168,97 @@ def test_a_predictor_fit_at_as_of_cannot_see_later_events() -> None:
     pa = replay.plan(w1, a, T0 + 8 * DAY - 3600, 12).by_window
     pb = replay.plan(w2, b, T0 + 8 * DAY - 3600, 12).by_window
     assert pa.keys() == pb.keys() and all(np.array_equal(pa[k][1], pb[k][1]) for k in pa)
+
+
+def _burst_log() -> pd.DataFrame:
+    """User 100: 5 events the day before, then a burst: two in second S, one at S+3, one at S+30, one at
+    S+31. User 101: a history only (never requests in the span)."""
+    s = T0 + DAY + 600
+    rows = [(100, 1 + i, T0 + 3600 + 60 * i) for i in range(5)] + [
+        (101, 7 + i, T0 + 7200 + i) for i in range(4)
+    ]
+    rows += [(100, 20, s), (100, 21, s), (100, 22, s + 3), (100, 23, s + 30), (100, 24, s + 31)]
+    frame = pd.DataFrame(rows, columns=["user_id", "item_idx", "sec"])
+    frame["timestamp"] = pd.to_datetime(frame["sec"], unit="s", utc=True)
+    frame["item_id"] = frame["item_idx"] + 1000
+    frame["event_id"] = np.arange(len(frame))
+    return frame.drop(columns="sec")
+
+
+@pytest.mark.parametrize("request_state", ["event", "window"])
+def test_event_trigger_lands_after_the_delay_with_the_history_through_the_event(request_state: str) -> None:
+    """`trigger: event`: one precompute per (user, second), readable event_delay after the event, holding the
+    pair vectors of the history through the event for the candidates serving retrieves then."""
+    spec = SpeculationConfig(
+        window="5min",
+        ttl="1h",
+        candidates=10,
+        max_rank=20,
+        budget=1000,
+        min_p_active=0.0,
+        trigger="event",
+        event_delay="5s",
+        request_state=request_state,
+    )
+    events, fm = _burst_log(), _tiny_fm()
+    start = T0 + DAY
+    world = replay.World(fm, events, np.arange(1, 61), spec, pd.Timestamp(start + DAY, unit="s", tz="UTC"))
+    reqs = world.requests(start, start + DAY)
+    assert reqs.t.tolist() == [start + 600] * 2 + [start + 603, start + 630, start + 631]
+    ctx = replay.context(world, reqs, None, replay.Plan({}), seed=0) | {"record": True, "curve": np.ones(20)}
+    out = replay.simulate(world, reqs, start, "predictor", spec.budget, ctx, vectors=True)
+    # triggers: the second event of second S (not the first), S+3, S+30, S+31; each row replaces the last
+    assert out.pairs_computed == 4 * spec.candidates
+    hits = {int(reqs.t[r.request]): r for r in out.served}
+    assert not hits[start + 600].hit.any() and not hits[start + 603].hit.any()  # S's row lands at S+5
+    # S+30 reads the row of S+3 (landed S+8): its history is the request's own, so its vectors are the
+    # full FM's at the request for every candidate the request serves (with either request state: the
+    # window's state is the same, no window start in between)
+    r = hits[start + 630]
+    assert r.hit.all()
+    fresh, _ = replay._full_fm(world, [(100, int(reqs.position[r.request]))], [r.candidates])
+    got = np.asarray(r.row_vectors)[np.searchsorted(r.row_items, r.candidates)]
+    np.testing.assert_allclose(got, fresh[0], atol=1e-5)
+    # S+31 comes one second after S+30: that row has not landed, S+3's is read (one event older)
+    late = hits[start + 631]
+    assert late.row_items is not None and np.array_equal(late.row_items, r.row_items) and late.hit.any()
+    assert out.ledger.summary(0.0)["staleness_max_s"] == 631 - 608
+
+
+def test_event_trigger_spends_the_window_budget_and_gates_on_the_predictor() -> None:
+    spec = SpeculationConfig(
+        window="5min",
+        ttl="1h",
+        candidates=10,
+        max_rank=20,
+        budget=25,
+        min_p_active=0.5,
+        trigger="event",
+        event_delay="1s",
+    )
+    events = _burst_log()
+    start = T0 + DAY
+    world = replay.World(
+        _tiny_fm(), events, np.arange(1, 61), spec, pd.Timestamp(start + DAY, unit="s", tz="UTC")
+    )
+    reqs = world.requests(start, start + DAY)
+    ctx = replay.context(world, reqs, None, replay.Plan({}), seed=0) | {"curve": np.ones(20)}
+    ctx["event_p"] = np.array([0.9, 0.9, 0.9, 0.2, 0.9])  # S+30's user is not expected back
+    out = replay.simulate(world, reqs, start, "predictor", spec.budget, ctx)
+    # S and S+3 fit the window's 25 pairs (10 each); S+30 is gated out; S+31 would exceed the budget
+    assert out.spend == {2: 20}  # the window of S (start + 600 s)
+    heuristic = replay.simulate(world, reqs, start, "recent", 1000, ctx)
+    # the heuristic triggers on every (user, second), ungated; at the next window's start the nearline state
+    # moves to the burst's end, whose candidates no event row holds (their serving state was the window's)
+    assert heuristic.spend == {2: 40, 3: 10}
+
+
+def test_speculation_config_checks_the_trigger() -> None:
+    from specrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="speculation.trigger"):
+        SpeculationConfig(trigger="sometimes")
+    with pytest.raises(ConfigError, match="speculation.event_delay"):
+        SpeculationConfig(event_delay="500ms")
+    with pytest.raises(ConfigError, match="speculation.event_delay"):
+        SpeculationConfig(event_delay="2h", ttl="1h")
