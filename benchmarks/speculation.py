@@ -161,6 +161,9 @@ def main() -> None:
             # (with - without) / (full_fm - without); null when the full FM gains nothing over "without"
             "quality_recovered": d["quality_recovered"] if np.isfinite(d["quality_recovered"]) else None,
             "quality_requests": d["quality_requests"],
+            # hit pairs whose row's FM saw every event before the request, and the mean events rows missed
+            "hits_with_request_history": _finite(d["hits_with_request_history"]),
+            "hit_events_behind_mean": _finite(d["hit_events_behind_mean"]),
             # the full FM with the history of the request's window start (the scorer's and the rows')
             "ndcg@10_full_fm_window_start": d["ndcg@10_full_fm_window"],
             "quality_recovered_window_start": _finite(d["quality_recovered_window_start"]),

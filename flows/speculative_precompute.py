@@ -48,6 +48,7 @@ def _logged(cfg: Config, as_of: str, result: dict[str, Any], shards: int | None 
     from specrec.tracking import experiment_id
 
     tags = {"kind": "precompute", "as_of": result["as_of"], "bundle_id": result["bundle_id"]}
+    tags["trigger"] = str(result.get("trigger", "window"))  # event runs log their own keys (no accounting)
     if shards is not None:  # a tag, not a metric: every precompute run logs the same metric keys
         tags["dask_shards"] = str(shards)
     with mlflow.start_run(experiment_id=experiment_id(cfg.root, EXPERIMENT), run_name=as_of):
@@ -127,11 +128,13 @@ def precompute_sharded(
     return write_precompute(params, as_of, plan, pairs, started, len(parts))
 
 
-def parse_users(users: list[int] | str | None) -> list[int] | None:
-    """The `users` parameter: a list of user ids, or its text ("1,2,3" or "[1, 2, 3]", as an event
-    trigger's template renders it); None for a window's precompute."""
+def parse_users(users: list[int] | str | int | None) -> list[int] | None:
+    """The `users` parameter: a list of user ids, one id, or their text ("1,2,3" or "[1, 2, 3]", as an
+    event trigger's template renders it); None for a window's precompute."""
     if users is None or isinstance(users, list):
         return users
+    if isinstance(users, int):
+        return [users]
     text = users.strip().strip("[]")
     try:
         return [int(u) for u in text.replace(",", " ").split()]
@@ -143,7 +146,10 @@ def parse_users(users: list[int] | str | None) -> list[int] | None:
 
 @flow(name="speculative_precompute")
 def speculative_precompute(
-    as_of: str, window: str | None = None, params: str = "params.yaml", users: list[int] | str | None = None
+    as_of: str,
+    window: str | None = None,
+    params: str = "params.yaml",
+    users: list[int] | str | int | None = None,
 ) -> dict[str, Any]:
     """Precompute the window starting at as_of (or, with `users`, what those users' events trigger); a
     window with no predicted users writes nothing."""

@@ -347,7 +347,7 @@ class ScorerTrainConfig:
     epochs: int = 30
     lr: float = 0.003
     hit_rate: float = 0.5  # simulated share of candidates with a precomputed FM pair representation
-    base: str = "dot"  # the score the MLP corrects: dot (u.e) | fm (the FM's logit: its pair score on hits)
+    base: str = "fm"  # the score the MLP corrects: fm (the FM's logit: its pair score on hits) | dot (u.e)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -484,8 +484,8 @@ class SpeculationConfig:
     request_state: str = "window"  # window: requests use the nearline user state of their window start
     # window: precompute only at window starts; event: also after each of a user's events (per-second
     # micro-batches), with the history through that event, readable event_delay later (within the budget)
-    trigger: str = "window"
-    event_delay: str = "1s"  # from an event to its triggered row being readable in the online store
+    trigger: str = "event"
+    event_delay: str = "2s"  # from an event to its triggered row being readable in the online store
     seed: int = 0
 
     def __post_init__(self) -> None:

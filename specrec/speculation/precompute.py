@@ -144,7 +144,8 @@ def plan_window(
     )[0]
     live = _live_rows(store, candidates, bundle.bundle_id)
     chosen, skipped = choose(world, predictor, s, live, spec.budget)
-    base = {"as_of": when.isoformat(), "bundle_id": bundle.bundle_id, "skipped_fresh_users": skipped}
+    base = {"as_of": when.isoformat(), "bundle_id": bundle.bundle_id, "trigger": "window"}
+    base["skipped_fresh_users"] = skipped
     base |= account_past(store, world, items, bundle.bundle_id, s)
     users = sorted(chosen)
     item_id = dict(zip(items["item_idx"].to_numpy(), items["item_id"].to_numpy(), strict=True))

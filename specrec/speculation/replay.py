@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -262,6 +262,7 @@ class Served:
     row_items: np.ndarray | None
     row_vectors: np.ndarray | None
     hit: np.ndarray
+    row_history: int = -1  # events of the user the row's FM saw (-1: no row)
 
 
 @dataclass
@@ -395,7 +396,7 @@ def simulate(
     spend: dict[int, int] = defaultdict(int)
     served: list[Served] = []
     jobs: list[_Job] = []
-    pending: list[_Job] = []  # event-triggered jobs not landed yet, in ready_at order (constant delay)
+    pending: deque[_Job] = deque()  # event-triggered jobs not landed yet, in ready_at order (constant delay)
     cold = 0
 
     def write(job: _Job) -> None:
@@ -406,7 +407,7 @@ def simulate(
 
     def land(until: int) -> None:
         while pending and pending[0].ready_at <= until:
-            write(pending.pop(0))
+            write(pending.popleft())
 
     for k in sorted(windows):
         s = start_s + k * world.window_s
@@ -426,7 +427,8 @@ def simulate(
                 row, hit = ledger.request(k, key[0], t, cand)
                 if ctx.get("record"):
                     got = None if row is None else row.items
-                    served.append(Served(i, cand, got, None if row is None else row.payload, hit))
+                    payload, seen = (None, -1) if row is None else (row.payload, row.history)
+                    served.append(Served(i, cand, got, payload, hit, seen))
             if triggers[i]:
                 job = _triggered(world, reqs, i, k, int(serving[i]), delay)
                 if job is not None and spend[k] + len(job.items) <= budget:
@@ -607,6 +609,13 @@ def quality(
         m = metrics_from_ranks(torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long), (10,))
         out |= {f"ndcg@10_{name}": float(m["ndcg@10"]), f"hr@10_{name}": float(m["hr@10"])}
     out["quality_requests"] = float(len(served))
+    # how fresh the hits were in events, not seconds: the share of hit pairs whose row's FM saw every event
+    # before the request (what the full FM at the request sees), and the mean events the rows missed
+    hit_pairs = np.array([int(r.hit.sum()) for r in served], np.float64)
+    behind = np.array([int(reqs.position[r.request]) - r.row_history for r in served], np.float64)
+    total = hit_pairs.sum()
+    out["hits_with_request_history"] = float(hit_pairs[behind == 0].sum() / total) if total else float("nan")
+    out["hit_events_behind_mean"] = float((hit_pairs * behind).sum() / total) if total else float("nan")
     for key, upper in RATIOS.items():
         out[key] = _recovered(out, upper)
     gains = {k: _ndcg10(torch.cat(v)) if v else np.zeros(0) for k, v in ranks.items()}

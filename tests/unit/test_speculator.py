@@ -51,10 +51,11 @@ def _tiny_fm() -> HSTU:
     return HSTU(HSTUConfig(n_items=60, max_len=10, dim=8, n_layers=1, dropout=0.0)).eval()
 
 
-def test_predictor_beats_random_and_recent_window_on_structured_log() -> None:
+@pytest.mark.parametrize("trigger", ["window", "event"])
+def test_predictor_beats_random_and_recent_window_on_structured_log(trigger: str) -> None:
     events = _synthetic_log(days=24)
     spec = SpeculationConfig(window="5min", ttl="1h", candidates=10, max_rank=20, budget=40, min_p_active=0.1)
-    spec = dataclasses.replace(spec, budgets=[40], epochs=15)
+    spec = dataclasses.replace(spec, budgets=[40], epochs=15, trigger=trigger)
     end = pd.Timestamp(T0 + 24 * DAY, unit="s", tz="UTC")
     world = replay.World(_tiny_fm(), events, np.arange(1, 61), spec, end)
     split, stop = T0 + 16 * DAY, T0 + 24 * DAY
@@ -215,13 +216,14 @@ def test_event_trigger_lands_after_the_delay_with_the_history_through_the_event(
     # full FM's at the request for every candidate the request serves (with either request state: the
     # window's state is the same, no window start in between)
     r = hits[start + 630]
-    assert r.hit.all()
+    assert r.hit.all() and r.row_history == reqs.position[r.request] == 8
     fresh, _ = replay._full_fm(world, [(100, int(reqs.position[r.request]))], [r.candidates])
     got = np.asarray(r.row_vectors)[np.searchsorted(r.row_items, r.candidates)]
     np.testing.assert_allclose(got, fresh[0], atol=1e-5)
     # S+31 comes one second after S+30: that row has not landed, S+3's is read (one event older)
     late = hits[start + 631]
     assert late.row_items is not None and np.array_equal(late.row_items, r.row_items) and late.hit.any()
+    assert late.row_history == reqs.position[late.request] - 1
     assert out.ledger.summary(0.0)["staleness_max_s"] == 631 - 608
 
 
