@@ -5,10 +5,13 @@ Needs the project's trained FM and scorer (`make demo` trains and serves both): 
 bundle's FM (base + adapter + codes, the model precompute writes rows with) and scorer (or the champions;
 `--scorer-version N` evaluates another registered scorer). The predictor is trained on the
 `speculation.train_days` before `clock.start` and evaluated on the whole replay (clock.start to the clock's
-end), each window using only what was known at its start. Quality is NDCG@10 over the replayed requests
-with per-request paired differences against the scorer without pairs (95% bootstrap intervals), against
-two full-FM references: at the request (every earlier event, the issue's upper bound) and with the
-history of the request's window start (what the scorer and the precomputed pairs know). Writes
+end), each window using only what was known at its start, and with `speculation.trigger: event` (the
+default) each (user, second) of events triggering a row with the history through it, readable
+`event_delay` later (`--trigger`, `--event-delay` override them). Quality is NDCG@10 over the replayed
+requests with per-request paired differences against the scorer without pairs (95% bootstrap
+intervals), against two full-FM references: at the request (every earlier event, the issue's upper
+bound) and with the history of the request's window start (what the scorer and the precomputed pairs
+know). Writes
 benchmarks/results/speculation.json (+ _details.json) and logs an MLflow run (experiment `speculation`,
 per-window accounting and the coverage-versus-budget PNG).
 
@@ -161,6 +164,10 @@ def main() -> None:
             # (with - without) / (full_fm - without); null when the full FM gains nothing over "without"
             "quality_recovered": d["quality_recovered"] if np.isfinite(d["quality_recovered"]) else None,
             "quality_requests": d["quality_requests"],
+            # the ratio when a row older than the user's newest event is a miss (the scorer's path
+            # without pairs): what a freshness check on the request path would serve
+            "ndcg@10_with_current_rows": d["ndcg@10_with_current"],
+            "quality_recovered_current_rows": _finite(d["quality_recovered_current_rows"]),
             # hit pairs whose row's FM saw every event before the request, and the mean events rows missed
             "hits_with_request_history": _finite(d["hits_with_request_history"]),
             "hit_events_behind_mean": _finite(d["hit_events_behind_mean"]),

@@ -579,17 +579,21 @@ def quality(
             np.stack([stats(int(reqs.t[r.request]))[c] for r, c in zip(part, cand, strict=True)])
         )
         p, hit = np.zeros(e.shape, np.float32), np.zeros(cand.shape, np.float32)
+        current = np.zeros(cand.shape, np.float32)  # hits whose row saw every event before the request
         for b, r in enumerate(part):
             if r.row_vectors is not None and r.row_items is not None and r.hit.any():
                 cols = np.flatnonzero(r.hit)
                 p[b, cols] = np.asarray(r.row_vectors)[np.searchsorted(r.row_items, r.candidates[cols])]
                 hit[b, cols] = 1.0
+                if r.row_history == reqs.position[r.request]:
+                    current[b, cols] = 1.0
         label = np.array([reqs.item[r.request] for r in part])
         found = cand == label[:, None]
         col = torch.from_numpy(np.where(found.any(1), found.argmax(1), -1))
         every = torch.from_numpy((cand != 0).astype(np.float32))
         scores = {
             "with": scorer(u, e, torch.from_numpy(p), torch.from_numpy(hit), s),
+            "with_current": scorer(u, e, torch.from_numpy(p), torch.from_numpy(current), s),
             "without": scorer(u, e, torch.from_numpy(p), torch.zeros(hit.shape), s),
             "full_fm": torch.from_numpy(right_pad(teacher[lo : lo + batch], 0.0)),
             "full_fm_window": torch.from_numpy(right_pad(teacher_window[lo : lo + batch], 0.0)),
@@ -616,18 +620,18 @@ def quality(
     total = hit_pairs.sum()
     out["hits_with_request_history"] = float(hit_pairs[behind == 0].sum() / total) if total else float("nan")
     out["hit_events_behind_mean"] = float((hit_pairs * behind).sum() / total) if total else float("nan")
-    for key, upper in RATIOS.items():
-        out[key] = _recovered(out, upper)
+    for key, (num, upper) in RATIOS.items():
+        out[key] = _recovered(out, num, upper)
     gains = {k: _ndcg10(torch.cat(v)) if v else np.zeros(0) for k, v in ranks.items()}
     lag = np.array([int(reqs.position[r.request] - reqs.history[r.request]) for r in served], np.int64)
     out |= paired_gains(gains, lag == 0, seed=world.spec.seed)
     return out
 
 
-def _recovered(out: dict[str, float], upper: str) -> float:
-    """(with - without) / (upper - without); NaN when the upper bound gains nothing over "without"."""
+def _recovered(out: dict[str, float], num: str, upper: str) -> float:
+    """(num - without) / (upper - without); NaN when the upper bound gains nothing over "without"."""
     gain = out[f"ndcg@10_{upper}"] - out["ndcg@10_without"]
-    return (out["ndcg@10_with"] - out["ndcg@10_without"]) / gain if gain > 0 else float("nan")
+    return (out[f"ndcg@10_{num}"] - out["ndcg@10_without"]) / gain if gain > 0 else float("nan")
 
 
 def _ndcg10(ranks: torch.Tensor) -> np.ndarray:
@@ -636,18 +640,22 @@ def _ndcg10(ranks: torch.Tensor) -> np.ndarray:
     return np.where(r < 10, 1.0 / np.log2(r + 2), 0.0)
 
 
-VARIANTS = ("with", "without", "full_fm", "full_fm_window", "all_pairs", "all_pairs_window")
-# (with - without) / (upper - without) for each upper reference: the issue's (the full FM at the request),
+VARIANTS = ("with", "with_current", "without", "full_fm", "full_fm_window", "all_pairs", "all_pairs_window")
+# (num - without) / (upper - without) for each upper reference: the issue's (the full FM at the request),
 # the full FM with the window start's history (equal information), the scorer with pair vectors on every
-# candidate at the request and at the window start (what 100% coverage would give)
+# candidate at the request and at the window start (what 100% coverage would give); and the issue's ratio
+# when only rows that saw every event before the request are used (an older row counts as a miss)
 RATIOS = {
-    "quality_recovered": "full_fm",
-    "quality_recovered_window_start": "full_fm_window",
-    "quality_recovered_of_all_pairs": "all_pairs",
-    "quality_recovered_of_all_pairs_window": "all_pairs_window",
+    "quality_recovered": ("with", "full_fm"),
+    "quality_recovered_window_start": ("with", "full_fm_window"),
+    "quality_recovered_of_all_pairs": ("with", "all_pairs"),
+    "quality_recovered_of_all_pairs_window": ("with", "all_pairs_window"),
+    "quality_recovered_current_rows": ("with_current", "full_fm"),
 }
 PAIRED = (
     ("with", "without"),
+    ("with_current", "without"),
+    ("full_fm", "with_current"),
     ("full_fm", "without"),
     ("full_fm_window", "without"),
     ("full_fm", "with"),
@@ -675,8 +683,8 @@ def paired_gains(
         out[f"ndcg@10_{a}_minus_{b}"] = float(diff.mean()) if n else float("nan")
         out[f"ndcg@10_{a}_minus_{b}_ci_low"] = float(np.percentile(boot, 2.5))
         out[f"ndcg@10_{a}_minus_{b}_ci_high"] = float(np.percentile(boot, 97.5))
-    gain = (ndcg["with"] - ndcg["without"])[idx].mean(1) if n else np.full(1, np.nan)
-    for key, upper in RATIOS.items():
+    for key, (num, upper) in RATIOS.items():
+        gain = (ndcg[num] - ndcg["without"])[idx].mean(1) if n else np.full(1, np.nan)
         # the ratio per resample; an interval only when (nearly) every resample has a positive denominator
         den = (ndcg[upper] - ndcg["without"])[idx].mean(1) if n else np.full(1, np.nan)
         ratio = np.where(den > 0, gain / np.where(den > 0, den, 1.0), np.nan)
