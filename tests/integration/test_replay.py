@@ -63,8 +63,8 @@ def test_replay_logs_one_run_per_cycle_with_the_same_keys(replayed: tuple[Config
         summary = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/replay/summary.json")
         assert summary["latency_ms"]["n"] == m["requests"] and summary["errors"] == 0
         assert summary["cycle_steps"]["lora"] and summary["windows"] >= 1
-        # speculation.trigger: event (the default): the micro-batches of the requests' seconds were precomputed
-        # once their rows would have landed (each a precompute_events call; the predictor gates inside)
+        # speculation.trigger: event (the default): the micro-batches of the requests' seconds were
+        # precomputed once their rows would have landed (each a precompute_events call; gated inside)
         assert cfg.speculation.trigger == "event" and summary["event_precompute_runs"] >= 1
         cycle_run = client.get_run(run.data.tags["cycle_run_id"])
         assert cycle_run.data.tags["as_of"] == cycle.as_of.isoformat()

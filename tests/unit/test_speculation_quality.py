@@ -17,6 +17,7 @@ def _ndcg(seed: int = 0) -> dict[str, np.ndarray]:
     return {
         "without": without,
         "with": better,
+        "with_current": without.copy(),  # no row saw every earlier event: every hit counts as a miss
         "full_fm": better.copy(),
         "full_fm_window": without.copy(),
         "all_pairs": better.copy(),
@@ -55,3 +56,6 @@ def test_ratio_intervals_come_from_the_same_resamples_and_vanish_without_a_gain(
     half = dict(ndcg, all_pairs=ndcg["with"] + (ndcg["with"] - ndcg["without"]))  # twice the gain of "with"
     low, high = (paired_gains(half, first)[f"quality_recovered_of_all_pairs_ci_{e}"] for e in ("low", "high"))
     assert low == high == 0.5
+    # only current rows used, and none was: nothing recovered in any resample
+    current = [out[f"quality_recovered_current_rows_ci_{e}"] for e in ("low", "high")]
+    assert current == [0.0, 0.0]
