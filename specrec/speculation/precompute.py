@@ -22,7 +22,7 @@ import pandas as pd
 
 from models.speculator import select_pairs
 from specrec.clock import to_utc
-from specrec.config import Config, parse_duration
+from specrec.config import Config, SpeculationConfig, parse_duration
 from specrec.errors import SpecrecError
 from specrec.io import read_parquet, write_parquet
 from specrec.nearline import bundles
@@ -117,14 +117,26 @@ class WindowPlan:
     item_ids: list[np.ndarray]  # per user: the same items as item ids (what rows carry)
 
 
-def plan_window(
-    cfg: Config, as_of: object, store: FeatureStore, client: MlflowClient, window: str | None = None
-) -> WindowPlan:
-    """Predict the window starting at as_of for the serving bundle and choose its users and items."""
+@dataclass(frozen=True)
+class _Setting:
+    """What a precompute at `when` works with: the serving bundle, the champion predictor, the replay
+    world of the bundle's FM cut at `when`, the item table and the rows' ttl."""
+
+    when: pd.Timestamp
+    bundle: bundles.Bundle
+    predictor: LoadedPredictor
+    world: replay.World
+    items: pd.DataFrame
+    ttl: pd.Timedelta
+
+
+def _setting(
+    cfg: Config, as_of: object, store: FeatureStore, client: MlflowClient, spec: SpeculationConfig
+) -> _Setting:
+    """Load what a precompute at as_of needs (the ttl checked against the Feast view's)."""
     from specrec.speculation.registry import load_champion
 
     when = to_utc(as_of)
-    spec = cfg.speculation if window is None else replace(cfg.speculation, window=window)
     ttl = parse_duration("speculation.ttl", spec.ttl)
     _check_ttl(store, ttl)
     bundle = bundles.serving(client)
@@ -138,27 +150,41 @@ def plan_window(
     items = read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet", "prepared items")
     known = items[items["first_seen"] < when]
     world = replay.World(fm, events, known["item_idx"].to_numpy(), spec, when)
-    s = int(when.timestamp())
-    candidates = replay.plan(world, predictor.predictor, s, 1).by_window.get(
-        0, (np.zeros(0, np.int64), None)
-    )[0]
-    live = _live_rows(store, candidates, bundle.bundle_id)
-    chosen, skipped = choose(world, predictor, s, live, spec.budget)
-    base = {"as_of": when.isoformat(), "bundle_id": bundle.bundle_id, "trigger": "window"}
-    base["skipped_fresh_users"] = skipped
-    base |= account_past(store, world, items, bundle.bundle_id, s)
+    return _Setting(when, bundle, predictor, world, items, ttl)
+
+
+def _plan(at: _Setting, base: dict[str, Any], chosen: dict[int, tuple[int, np.ndarray]]) -> WindowPlan:
+    """The plan of the chosen users: user_id -> (history, item_idx)."""
     users = sorted(chosen)
-    item_id = dict(zip(items["item_idx"].to_numpy(), items["item_id"].to_numpy(), strict=True))
+    item_id = dict(zip(at.items["item_idx"].to_numpy(), at.items["item_id"].to_numpy(), strict=True))
     return WindowPlan(
-        when,
-        bundle,
-        when + ttl,
+        at.when,
+        at.bundle,
+        at.when + at.ttl,
         base,
         users,
-        [world.history((u, chosen[u][0])) for u in users],
+        [at.world.history((u, chosen[u][0])) for u in users],
         [chosen[u][1] for u in users],
         [np.array([item_id[i] for i in chosen[u][1]], np.int64) for u in users],
     )
+
+
+def plan_window(
+    cfg: Config, as_of: object, store: FeatureStore, client: MlflowClient, window: str | None = None
+) -> WindowPlan:
+    """Predict the window starting at as_of for the serving bundle and choose its users and items."""
+    spec = cfg.speculation if window is None else replace(cfg.speculation, window=window)
+    at = _setting(cfg, as_of, store, client, spec)
+    world, s, bundle_id = at.world, int(at.when.timestamp()), at.bundle.bundle_id
+    candidates = replay.plan(world, at.predictor.predictor, s, 1).by_window.get(
+        0, (np.zeros(0, np.int64), None)
+    )[0]
+    live = _live_rows(store, candidates, bundle_id)
+    chosen, skipped = choose(world, at.predictor, s, live, spec.budget)
+    base = {"as_of": at.when.isoformat(), "bundle_id": bundle_id, "trigger": "window"}
+    base["skipped_fresh_users"] = skipped
+    base |= account_past(store, world, at.items, bundle_id, s)
+    return _plan(at, base, chosen)
 
 
 def window_start(when: pd.Timestamp, window: pd.Timedelta) -> pd.Timestamp:
@@ -190,27 +216,12 @@ def plan_events(
     history through as_of and the candidates of the user state serving reads when the row lands, while
     the budget of the window holding as_of (pairs already written in it counted) lasts."""
     from models.speculator import activity_features
-    from specrec.speculation.registry import load_champion
 
-    when = to_utc(as_of)
     spec = cfg.speculation
-    ttl, length = (
-        parse_duration("speculation.ttl", spec.ttl),
-        parse_duration("speculation.window", spec.window),
-    )
+    at = _setting(cfg, as_of, store, client, spec)
+    when, bundle, world, ttl = at.when, at.bundle, at.world, at.ttl
+    length = parse_duration("speculation.window", spec.window)
     delay = parse_duration("speculation.event_delay", spec.event_delay)
-    _check_ttl(store, ttl)
-    bundle = bundles.serving(client)
-    if bundle is None:
-        raise SpecrecError(
-            "no specrec-bundle@serving: materialize a bundle first (materialize_item_embeddings)."
-        )
-    predictor = load_champion(client)
-    fm = as_hstu(bundle_fm(cfg, client, bundle).model, bundle.fm_version)
-    events = read_parquet(cfg.path(cfg.paths.prepared) / "interactions.parquet", "prepared interactions")
-    items = read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet", "prepared items")
-    known = items[items["first_seen"] < when]
-    world = replay.World(fm, events, known["item_idx"].to_numpy(), spec, when)
     s = int(when.timestamp())
     ids = np.unique(np.asarray(users, np.int64))
     dense = world.times.dense(ids)
@@ -219,7 +230,7 @@ def plan_events(
         log.info("event-triggered precompute at %s: no events before it for users %s", when, unknown[:10])
     ids, dense = ids[dense >= 0], dense[dense >= 0]
     p = (
-        predictor.predictor.model.predict(
+        at.predictor.predictor.model.predict(
             activity_features(world.times, dense, np.full(len(ids), s), world.window_s)
         )
         if len(ids)
@@ -259,18 +270,7 @@ def plan_events(
         "skipped_fresh_users": float((likely & fresh).sum()),
         "budget_left": float(left),
     }
-    chosen_users = sorted(chosen)
-    item_id = dict(zip(items["item_idx"].to_numpy(), items["item_id"].to_numpy(), strict=True))
-    return WindowPlan(
-        when,
-        bundle,
-        when + ttl,
-        base,
-        chosen_users,
-        [world.history((u, chosen[u][0])) for u in chosen_users],
-        [chosen[u][1] for u in chosen_users],
-        [np.array([item_id[i] for i in chosen[u][1]], np.int64) for u in chosen_users],
-    )
+    return _plan(at, base, chosen)
 
 
 def precompute_events(
@@ -283,11 +283,9 @@ def precompute_events(
 ) -> dict[str, Any]:
     """The event-triggered precompute of `users` at as_of (plan_events), computed and written at once."""
     started = time.perf_counter()
-    plan = plan_events(cfg, as_of, users, store, client)
-    result = None
-    if plan.users:
-        result = compute_pairs(cfg, client, plan.bundle, plan.histories, plan.candidates, compute)
-    return write_window(cfg, store, plan, result, started)
+    return _compute_and_write(
+        cfg, store, client, plan_events(cfg, as_of, users, store, client), started, compute
+    )
 
 
 def compute_pairs(
@@ -359,7 +357,20 @@ def precompute_window(
 ) -> dict[str, Any]:
     """Precompute the window starting at as_of for the serving bundle; return what was done."""
     started = time.perf_counter()
-    plan = plan_window(cfg, as_of, store, client, window)
+    return _compute_and_write(
+        cfg, store, client, plan_window(cfg, as_of, store, client, window), started, compute
+    )
+
+
+def _compute_and_write(
+    cfg: Config,
+    store: FeatureStore,
+    client: MlflowClient,
+    plan: WindowPlan,
+    started: float,
+    compute: PairFn | None,
+) -> dict[str, Any]:
+    """Compute the plan's pair vectors (if it has users) and write its rows at once."""
     result = None
     if plan.users:
         result = compute_pairs(cfg, client, plan.bundle, plan.histories, plan.candidates, compute)

@@ -186,24 +186,21 @@ def _burst_log() -> pd.DataFrame:
     return frame.drop(columns="sec")
 
 
+def _burst_world(**spec: object) -> tuple[replay.World, int]:
+    """The burst log's world with the event trigger (5-minute windows, 1 h ttl, 10 candidates) and the
+    start of the replayed day."""
+    config = SpeculationConfig(window="5min", ttl="1h", candidates=10, max_rank=20, trigger="event", **spec)  # type: ignore[arg-type]
+    start = T0 + DAY
+    end = pd.Timestamp(start + DAY, unit="s", tz="UTC")
+    return replay.World(_tiny_fm(), _burst_log(), np.arange(1, 61), config, end), start
+
+
 @pytest.mark.parametrize("request_state", ["event", "window"])
 def test_event_trigger_lands_after_the_delay_with_the_history_through_the_event(request_state: str) -> None:
     """`trigger: event`: one precompute per (user, second), readable event_delay after the event, holding the
     pair vectors of the history through the event for the candidates serving retrieves then."""
-    spec = SpeculationConfig(
-        window="5min",
-        ttl="1h",
-        candidates=10,
-        max_rank=20,
-        budget=1000,
-        min_p_active=0.0,
-        trigger="event",
-        event_delay="5s",
-        request_state=request_state,
-    )
-    events, fm = _burst_log(), _tiny_fm()
-    start = T0 + DAY
-    world = replay.World(fm, events, np.arange(1, 61), spec, pd.Timestamp(start + DAY, unit="s", tz="UTC"))
+    world, start = _burst_world(budget=1000, min_p_active=0.0, event_delay="5s", request_state=request_state)
+    spec = world.spec
     reqs = world.requests(start, start + DAY)
     assert reqs.t.tolist() == [start + 600] * 2 + [start + 603, start + 630, start + 631]
     ctx = replay.context(world, reqs, None, replay.Plan({}), seed=0) | {"record": True, "curve": np.ones(20)}
@@ -216,7 +213,7 @@ def test_event_trigger_lands_after_the_delay_with_the_history_through_the_event(
     # full FM's at the request for every candidate the request serves (with either request state: the
     # window's state is the same, no window start in between)
     r = hits[start + 630]
-    assert r.hit.all() and r.row_history == reqs.position[r.request] == 8
+    assert r.hit.all() and r.row_history == reqs.position[r.request] == 8 and r.row_items is not None
     fresh, _ = replay._full_fm(world, [(100, int(reqs.position[r.request]))], [r.candidates])
     got = np.asarray(r.row_vectors)[np.searchsorted(r.row_items, r.candidates)]
     np.testing.assert_allclose(got, fresh[0], atol=1e-5)
@@ -228,21 +225,8 @@ def test_event_trigger_lands_after_the_delay_with_the_history_through_the_event(
 
 
 def test_event_trigger_spends_the_window_budget_and_gates_on_the_predictor() -> None:
-    spec = SpeculationConfig(
-        window="5min",
-        ttl="1h",
-        candidates=10,
-        max_rank=20,
-        budget=25,
-        min_p_active=0.5,
-        trigger="event",
-        event_delay="1s",
-    )
-    events = _burst_log()
-    start = T0 + DAY
-    world = replay.World(
-        _tiny_fm(), events, np.arange(1, 61), spec, pd.Timestamp(start + DAY, unit="s", tz="UTC")
-    )
+    world, start = _burst_world(budget=25, min_p_active=0.5, event_delay="1s")
+    spec = world.spec
     reqs = world.requests(start, start + DAY)
     ctx = replay.context(world, reqs, None, replay.Plan({}), seed=0) | {"curve": np.ones(20)}
     ctx["event_p"] = np.array([0.9, 0.9, 0.9, 0.2, 0.9])  # S+30's user is not expected back
