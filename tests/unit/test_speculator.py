@@ -248,3 +248,14 @@ def test_speculation_config_checks_the_trigger() -> None:
         SpeculationConfig(event_delay="500ms")
     with pytest.raises(ConfigError, match="speculation.event_delay"):
         SpeculationConfig(event_delay="2h", ttl="1h")
+
+
+def test_users_parameter_takes_a_list_an_id_or_the_text_a_trigger_renders() -> None:
+    from flows.speculative_precompute import parse_users
+    from specrec.errors import SpecrecError
+
+    assert parse_users(None) is None  # a window's precompute
+    assert parse_users([3, 5]) == [3, 5] and parse_users(18) == [18]
+    assert parse_users("3,5") == parse_users("[3, 5]") == parse_users(" 3 5 ") == [3, 5]
+    with pytest.raises(SpecrecError, match="users = '3,five'"):
+        parse_users("3,five")
