@@ -166,27 +166,53 @@ def distill(
     seed: int = 0,
     batch: int = 256,
 ) -> list[float]:
-    """Train by distillation; speculation hits are simulated at `hit_rate` so both paths are learned."""
+    """Train by distillation; speculation hits are simulated at `hit_rate` so both paths are learned.
+
+    Returns the training loss after each epoch, measured on all of `data` with one simulated hit mask
+    drawn once (the masks of the training steps are drawn anew each step, and with the `fm` base the loss
+    depends on which candidates are hits much more than on one step's learning)."""
     gen = torch.Generator().manual_seed(seed)
+    probe = (
+        torch.rand(data.e.shape[:2], generator=torch.Generator().manual_seed(seed + 1)) < hit_rate
+    ).float()
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     losses = []
     for _ in range(epochs):
         model.train()
         order = torch.randperm(len(data.label), generator=gen)
-        total = 0.0
         for lo in range(0, len(order), batch):
             idx = order[lo : lo + batch]
             hit = (torch.rand(len(idx), data.e.shape[1], generator=gen) < hit_rate).float()  # (b, C)
-            logits = model(data.u[idx], data.e[idx], data.p[idx], hit, data.s[idx])  # (b, C)
-            soft = F.softmax(data.teacher[idx] / temperature, dim=-1)
-            loss = F.kl_div(F.log_softmax(logits / temperature, -1), soft, reduction="batchmean")
-            chosen = data.label[idx] >= 0  # examples whose chosen item was retrieved
-            if chosen.any():  # (a batch with none would make the mean cross-entropy NaN)
-                loss = loss + label_weight * F.cross_entropy(logits[chosen], data.label[idx][chosen])
+            loss = _distill_loss(model, data, idx, hit, temperature, label_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * len(idx)
-        losses.append(total / len(order))
+        model.eval()
+        with torch.no_grad():
+            total = 0.0
+            for lo in range(0, len(data.label), batch):
+                idx = torch.arange(lo, min(lo + batch, len(data.label)))
+                total += float(_distill_loss(model, data, idx, probe[idx], temperature, label_weight)) * len(
+                    idx
+                )
+        losses.append(total / max(len(data.label), 1))
     model.eval()
     return losses
+
+
+def _distill_loss(
+    model: ThinScorer,
+    data: DistillBatch,
+    idx: torch.Tensor,
+    hit: torch.Tensor,
+    temperature: float,
+    label_weight: float,
+) -> torch.Tensor:
+    """KL to the teacher's softmax plus label_weight x cross-entropy on the chosen item, for examples idx."""
+    logits = model(data.u[idx], data.e[idx], data.p[idx], hit, data.s[idx])  # (b, C)
+    soft = F.softmax(data.teacher[idx] / temperature, dim=-1)
+    loss = F.kl_div(F.log_softmax(logits / temperature, -1), soft, reduction="batchmean")
+    chosen = data.label[idx] >= 0  # examples whose chosen item was retrieved
+    if chosen.any():  # (a batch with none would make the mean cross-entropy NaN)
+        loss = loss + label_weight * F.cross_entropy(logits[chosen], data.label[idx][chosen])
+    return loss
