@@ -69,6 +69,21 @@ def _check_ttl(store: FeatureStore, ttl: pd.Timedelta) -> None:
         )
 
 
+def current(world: replay.World, user: int, computed_at: int, newest: int) -> bool:
+    """Whether a row computed at `computed_at` (unix s) still holds what a precompute now would write: no
+    event of the user since (`newest`: the user's newest event), and, with `request_state: window`, its
+    candidates came from the nearline state serving reads now, i.e. the user had no event between the
+    start of the row's window (epoch-aligned, as the deployments fire) and the row: an event-triggered
+    row took the candidates of its window's state, which the next window's state has moved past."""
+    if newest >= computed_at:
+        return False
+    if world.spec.request_state == "event":
+        return True
+    w_start = computed_at - computed_at % world.window_s
+    both = world.count_before(np.array([user, user]), np.array([w_start, computed_at]))
+    return bool(both[0] == both[1])
+
+
 def choose(
     world: replay.World, predictor: LoadedPredictor, s: int, live: dict[int, pd.Timestamp], budget: int
 ) -> tuple[dict[int, tuple[int, np.ndarray]], int]:
@@ -79,12 +94,11 @@ def choose(
     last = np.array(
         [world.history((int(u), int(h)))[1][-1] if h else 0 for u, h in zip(users, hist, strict=True)]
     )
-    computed_at = {u: e - pd.Timedelta(seconds=world.ttl_s) for u, e in live.items()}
     fresh = np.array(
         [
             int(u) in live
             and live[int(u)].timestamp() > s
-            and last[i] < computed_at[int(u)].timestamp()  # no event since the row was computed
+            and current(world, int(u), int(live[int(u)].timestamp()) - world.ttl_s, int(last[i]))
             for i, u in enumerate(users)
         ],
         bool,

@@ -259,3 +259,22 @@ def test_users_parameter_takes_a_list_an_id_or_the_text_a_trigger_renders() -> N
     assert parse_users("3,5") == parse_users("[3, 5]") == parse_users(" 3 5 ") == [3, 5]
     with pytest.raises(SpecrecError, match="users = '3,five'"):
         parse_users("3,five")
+
+
+@pytest.mark.parametrize("request_state", ["window", "event"])
+def test_a_window_start_recomputes_event_rows_whose_candidates_came_from_an_older_state(
+    request_state: str,
+) -> None:
+    """The flow's freshness rule (precompute.current) for a window start: a row is kept only when nothing
+    happened since it was computed and, with the nearline window state, its candidates came from the state
+    serving reads now; the replay simulation applies the same rule (replay._fresh)."""
+    from specrec.speculation.precompute import current
+
+    world, start = _burst_world(request_state=request_state)
+    burst, newest = start + 600, start + 631  # user 100's burst: its events at S .. S+31
+    after = current(world, 100, burst + 32, newest)  # the burst's last event-triggered row
+    # window state: that row took the candidates of the state before the burst, which the next window's
+    # start has moved past; the per-event state: it already holds what a precompute would write now
+    assert after is (request_state == "event")
+    assert current(world, 100, start + 900, newest)  # a row written at the next window start is current
+    assert not current(world, 100, burst + 20, newest)  # events came after the row
