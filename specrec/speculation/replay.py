@@ -263,6 +263,7 @@ class Served:
     row_vectors: np.ndarray | None
     hit: np.ndarray
     row_history: int = -1  # events of the user the row's FM saw (-1: no row)
+    row_job: int = -1  # the simulation's job that wrote the row (its vectors are computed after the pass)
 
 
 @dataclass
@@ -427,8 +428,8 @@ def simulate(
                 row, hit = ledger.request(k, key[0], t, cand)
                 if ctx.get("record"):
                     got = None if row is None else row.items
-                    payload, seen = (None, -1) if row is None else (row.payload, row.history)
-                    served.append(Served(i, cand, got, payload, hit, seen))
+                    wrote, seen = (-1, -1) if row is None else (int(row.payload), row.history)
+                    served.append(Served(i, cand, got, None, hit, seen, wrote))
             if triggers[i]:
                 job = _triggered(world, reqs, i, k, int(serving[i]), delay)
                 if job is not None and spend[k] + len(job.items) <= budget:
@@ -450,8 +451,8 @@ def simulate(
         for j in jobs:
             ledger.cpu_s[j.window] += per_pair * len(j.items)
         for r in served:
-            if r.row_vectors is not None:
-                r.row_vectors = result.vectors[int(r.row_vectors)]
+            if r.row_job >= 0:
+                r.row_vectors = result.vectors[r.row_job]
     ledger.finish()
     spend = {w: n for w, n in spend.items() if n}
     return Outcome(strategy, budget, ledger, spend, served, cpu, sum(spend.values()), cold)
