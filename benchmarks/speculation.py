@@ -5,7 +5,8 @@ Needs the project's trained FM and scorer (`make demo` trains and serves both): 
 bundle's FM (base + adapter + codes, the model precompute writes rows with) and scorer (or the champions;
 `--scorer-version N` evaluates another registered scorer). The predictor is trained on the
 `speculation.train_days` before `clock.start` and evaluated on the whole replay (clock.start to the clock's
-end), each window using only what was known at its start, and with `speculation.trigger: event` (the
+end), each window using only what was known at its start, every row a miss from the next cycle boundary on
+(the daily flows switch the serving bundle there), and with `speculation.trigger: event` (the
 default) each (user, second) of events triggering a row with the history through it, readable
 `event_delay` later (`--trigger`, `--event-delay` override them). Quality is NDCG@10 over the replayed
 requests with per-request paired differences against the scorer without pairs (95% bootstrap
@@ -80,6 +81,10 @@ def main() -> None:
         help="Override speculation.trigger (event: also precompute after each event, event_delay later).",
     )
     parser.add_argument("--event-delay", default=None, help="Override speculation.event_delay (e.g. 5s).")
+    parser.add_argument("--ttl", default=None, help="Override speculation.ttl (e.g. 1h).")
+    parser.add_argument(
+        "--activity-horizon", default=None, help="Override speculation.activity_horizon (e.g. 6h)."
+    )
     parser.add_argument(
         "--bare-fm",
         action="store_true",
@@ -107,6 +112,8 @@ def main() -> None:
             ("window", args.window),
             ("trigger", args.trigger),
             ("event_delay", args.event_delay),
+            ("ttl", args.ttl),
+            ("activity_horizon", args.activity_horizon),
         )
         if value
     }
@@ -123,7 +130,9 @@ def main() -> None:
     items = read_parquet(cfg.path(cfg.paths.prepared) / "items.parquet", "prepared items")
     start, end = clock.start, clock.end
     index = items.loc[items["first_seen"] < start, "item_idx"].to_numpy()
-    world = replay.World(fm, events, index, spec, end)
+    # the daily flows serve a new bundle each cycle: rows do not outlive the cycle they were written in
+    switches = [int(c.start.timestamp()) for c in clock.cycles()[1:]]
+    world = replay.World(fm, events, index, spec, end, switches)
     s0, e0 = int(start.timestamp()), int(end.timestamp())
     predictor = replay.fit(world, s0 - spec.train_days * 86400, s0)
     cadence = parse_duration("clock.cadence", cfg.clock.cadence)

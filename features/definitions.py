@@ -91,7 +91,7 @@ user_state = FeatureView(
 speculative = FeatureView(
     name="speculative",
     entities=[user, bundle],
-    ttl=timedelta(hours=6),
+    ttl=timedelta(days=2),  # at least speculation.ttl (checked by the precompute)
     schema=[
         Field(
             name="item_ids",

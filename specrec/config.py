@@ -466,13 +466,13 @@ class SpeculationConfig:
     """The speculation predictor, the speculative precompute of FM pair representations and its replay."""
 
     window: str = "5min"  # precompute cadence in event time; what a window's start knows is all it uses
-    ttl: str = "1h"  # a precomputed row is a miss after computed_at + ttl (at most the Feast view's ttl)
+    ttl: str = "24h"  # a precomputed row is a miss after computed_at + ttl (at most the Feast view's ttl)
     candidates: int = 200  # N: retrieved candidates per request; a request serves (user, c) for each
     max_rank: int = 400  # retrieval ranks considered ahead per predicted user (>= candidates)
     budget: int = 1000  # max FM pair evaluations per window
     budgets: list = field(default_factory=lambda: [50, 100, 200, 500, 1000])  # the coverage curve
     min_p_active: float = 0.1  # users less likely than this to return within the ttl are not precomputed
-    activity_horizon: str = "6h"  # users whose last event is older are not candidates (P = 0)
+    activity_horizon: str = "7d"  # users whose last event is older are not candidates (P = 0)
     session_gap: str = "30min"  # a gap longer than this starts a new session
     train_days: int = 365  # windows of this many days before the evaluation span train the predictor
     eval_days: int = 28  # the newest days before as_of: the evaluation span (held out from training)

@@ -3,7 +3,8 @@
 One live row per user, as in the Feast `speculative` view: a precompute for a user replaces the user's
 row (its pairs can no longer be used), and a row is a miss once `expires_at` has passed. A request at
 time t serves (user, c) for each of its candidates c; a candidate is a hit when the user's live row holds
-it and t < expires_at. Definitions (issue 8):
+it and t < expires_at, which is computed_at + ttl or the next serving-bundle switch, whichever comes first
+(a row of another bundle is a miss). Definitions (issue 8):
 
 - coverage  = hit served pairs / served pairs (every request's every candidate counts);
 - precision = precomputed pairs served at least once before their row expired or was replaced
@@ -45,6 +46,9 @@ class Ledger:
     """Precomputes and requests in time order; per-window tallies for the accounting."""
 
     ttl_s: int
+    # serving-bundle switches (unix s, sorted): a row is a miss from the first switch after it was
+    # computed on, as the serving path reads only rows of its own bundle
+    switches: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     rows: dict[int, LiveRow] = field(default_factory=dict)
     computed: dict[int, int] = field(default_factory=lambda: defaultdict(int))  # window -> pairs
     used: dict[int, int] = field(default_factory=lambda: defaultdict(int))  # window computed -> used
@@ -82,10 +86,14 @@ class Ledger:
         if old is not None:
             self._close(old)
         items = np.asarray(items, np.int64)
+        expires = computed_at + self.ttl_s
+        after = np.searchsorted(self.switches, computed_at, side="right")
+        if after < len(self.switches):
+            expires = min(expires, int(self.switches[after]))
         self.rows[user] = LiveRow(
             window,
             computed_at,
-            computed_at + self.ttl_s,
+            expires,
             history,
             items,
             np.zeros(len(items), bool),

@@ -394,11 +394,18 @@ def _compute_and_write(
 def write_rows(
     cfg: Config, store: FeatureStore, frame: pd.DataFrame, bundle_id: str, when: pd.Timestamp
 ) -> None:
-    """Write complete rows offline (parquet history) and online; pair vectors vary in length per user."""
+    """Write complete rows offline (parquet history) and online; pair vectors vary in length per user.
+
+    Another run at the same instant (a rerun of the window, or a micro-batch ending on a window start)
+    adds to that instant's history file: its rows replace only the same users' rows there."""
     from specrec.nearline.online_writer import write_online
 
-    folder = offline_dir(store, VIEW) / f"bundle={bundle_id}"
-    write_parquet(frame, folder / history_file(when))
+    path = offline_dir(store, VIEW) / f"bundle={bundle_id}" / history_file(when)
+    history = frame
+    if path.exists():
+        before = pd.read_parquet(path)
+        history = pd.concat([before[~before["user_id"].isin(frame["user_id"])], frame], ignore_index=True)
+    write_parquet(history, path)
     write_online(
         store,
         VIEW,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -76,8 +77,12 @@ class World:
         index_items: np.ndarray,
         spec: SpeculationConfig,
         end: pd.Timestamp,
+        switches: Sequence[int] = (),
     ) -> None:
         self.fm, self.spec = fm, spec
+        # when the serving bundle changes (unix s): rows written before a switch are other-bundle misses
+        # after it (a replay over several cycles serves a new bundle each cycle)
+        self.switches = np.sort(np.asarray(switches, np.int64))
         self.window_s, self.ttl_s = seconds(spec, "window"), seconds(spec, "ttl")
         self.horizon_s, self.gap_s = seconds(spec, "activity_horizon"), seconds(spec, "session_gap")
         known = events[events["timestamp"] < end].sort_values(
@@ -379,7 +384,7 @@ def simulate(
     requests' records."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy {strategy!r} is not one of {STRATEGIES}")
-    spec, ledger = world.spec, Ledger(world.ttl_s)
+    spec, ledger = world.spec, Ledger(world.ttl_s, switches=world.switches)
     event_mode = spec.trigger == "event" and strategy != "random"
     delay = seconds(spec, "event_delay")
     triggers = _event_triggers(world, reqs, strategy, ctx) if event_mode else np.zeros(len(reqs.t), bool)
@@ -626,6 +631,39 @@ def quality(
     gains = {k: _ndcg10(torch.cat(v)) if v else np.zeros(0) for k, v in ranks.items()}
     lag = np.array([int(reqs.position[r.request] - reqs.history[r.request]) for r in served], np.int64)
     out |= paired_gains(gains, lag == 0, seed=world.spec.seed)
+    out |= gap_by_row(gains, served, reqs)
+    return out
+
+
+ROW_CLASSES = ("current", "behind", "partial", "miss")
+
+
+def gap_by_row(ndcg: dict[str, np.ndarray], served: list[Served], reqs: Requests) -> dict[str, float]:
+    """Where the full FM's lead over the scorer with pairs comes from, by what each request's row was:
+    `current` every candidate a hit on a row that saw every event before the request, `behind` every
+    candidate a hit on an older row, `partial` some candidates hits, `miss` none. Per class: its share of
+    requests and its contribution to the mean NDCG@10 of full FM - with and of with - without (the
+    contributions sum to the overall means)."""
+    n = len(served)
+    cls = np.array(
+        [
+            "miss"
+            if not r.hit.any()
+            else "partial"
+            if not r.hit.all()
+            else "current"
+            if r.row_history == reqs.position[r.request]
+            else "behind"
+            for r in served
+        ]
+    )
+    out: dict[str, float] = {}
+    for name in ROW_CLASSES:
+        mask = cls == name
+        out[f"requests_{name}_row"] = float(mask.mean()) if n else float("nan")
+        for a, b in (("full_fm", "with"), ("with", "without")):
+            diff = ndcg[a] - ndcg[b]
+            out[f"ndcg@10_{a}_minus_{b}_from_{name}_row"] = float(diff[mask].sum() / n) if n else float("nan")
     return out
 
 

@@ -25,10 +25,10 @@ from specrec.nearline.store import apply
 from specrec.nearline.user_state import update_user_state
 from specrec.speculation import replay
 from specrec.speculation.pairs import PrecomputeError
-from specrec.speculation.precompute import precompute_window, write_rows
+from specrec.speculation.precompute import plan_window, precompute_window, write_rows
 from specrec.speculation.registry import REGISTERED_MODEL, load_champion
 from specrec.tracking import experiment_id
-from tests.conftest import prefect_harness
+from tests.conftest import prefect_harness, write_params
 from tests.integration.conftest import TinyProject
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -124,12 +124,14 @@ def test_retrain_registers_gates_and_logs_the_accounting(trained: dict, tiny: Ti
 
 
 def test_precompute_writes_complete_rows_that_the_scorer_reads(trained: dict, tiny: TinyProject) -> None:  # type: ignore[type-arg]
-    store, bundle = trained["store"], trained["bundle"]
+    store, bundle, client = trained["store"], trained["bundle"], trained["client"]
     when = _windows(tiny, 1)[0]
+    planned = plan_window(tiny.cfg, when, store, client).users
     state = speculative_precompute(as_of=when.isoformat(), params=str(tiny.params), return_state=True)
     assert state.is_completed(), state
     out = state.result()
-    assert out["rows_written"] == out["users"] >= 1 and out["pairs"] <= tiny.cfg.speculation.budget
+    assert out["rows_written"] == out["users"] == len(planned) >= 1
+    assert out["pairs"] <= tiny.cfg.speculation.budget
     events = pd.read_parquet(tiny.cfg.path(tiny.cfg.paths.prepared) / "interactions.parquet")
     users = sorted(events.loc[events["timestamp"] < when, "user_id"].unique().tolist())
     rows = _rows(store, users, bundle.bundle_id)
@@ -137,14 +139,19 @@ def test_precompute_writes_complete_rows_that_the_scorer_reads(trained: dict, ti
     for items, flat, score, expires in rows.values():
         assert len(flat) == len(items) * tiny.cfg.fm.dim and len(score) == len(items)  # one complete row
         assert pd.Timestamp(expires) == when + pd.Timedelta(tiny.cfg.speculation.ttl)
-    # a rerun of the same window finds every predicted user's row fresh and computes nothing
+    # a rerun of the same window finds every row it wrote fresh and recomputes none of them; the budget
+    # they no longer need goes to the next likeliest users, if any were left out
+    replanned = plan_window(tiny.cfg, when, store, client).users
+    assert replanned and not set(replanned) & set(planned)  # (the budget held only some: rows are added)
     again = speculative_precompute(as_of=when.isoformat(), params=str(tiny.params))
-    assert again["rows_written"] == 0 and again["skipped_fresh_users"] == out["users"]
+    assert again["skipped_fresh_users"] == out["users"] and again["rows_written"] == len(replanned)
     # one ttl later the window's rows have lived their life: the flow accounts for them from the history
     spec = tiny.cfg.speculation
     later = when + pd.Timedelta(spec.ttl) + pd.Timedelta(spec.window)
     acc = speculative_precompute(as_of=later.isoformat(), params=str(tiny.params))
-    assert acc["expired_rows_pairs"] == out["pairs"] and 0 <= acc["expired_rows_precision"] <= 1
+    # (the rerun's rows joined that instant's history file, they did not replace it)
+    assert acc["expired_rows_pairs"] == out["pairs"] + again["pairs"]
+    assert 0 <= acc["expired_rows_precision"] <= 1
     recent = events[
         (events["timestamp"] >= later - pd.Timedelta(spec.window)) & (events["timestamp"] < later)
     ]
@@ -153,17 +160,22 @@ def test_precompute_writes_complete_rows_that_the_scorer_reads(trained: dict, ti
 
 
 def test_window_with_no_predicted_users_writes_nothing(trained: dict, tiny: TinyProject) -> None:  # type: ignore[type-arg]
+    # nobody is a candidate after a quiet stretch longer than the activity horizon; the replay span has
+    # none longer than the default 7 days, so this window is judged with a 6-hour horizon
+    spec = dataclasses.replace(tiny.cfg.speculation, activity_horizon="6h")
+    params = tiny.cfg.root / "params_horizon_6h.yaml"
+    write_params(dataclasses.replace(tiny.cfg, speculation=spec), params)
     events = pd.read_parquet(tiny.cfg.path(tiny.cfg.paths.prepared) / "interactions.parquet")
     t = events["timestamp"].sort_values()
     gaps = t.diff()
-    horizon = pd.Timedelta(tiny.cfg.speculation.activity_horizon)
+    horizon = pd.Timedelta(spec.activity_horizon)
     quiet = t[
         (gaps > horizon + pd.Timedelta("2h")) & (t > ReplayClock.from_config(tiny.cfg.clock).start)
     ].index[0]
     when = (t.loc[:quiet].iloc[-2] + horizon + pd.Timedelta("1h")).floor("5min")
     offline = tiny.cfg.root / "data" / "feast" / "offline" / "speculative"
     before = sorted(offline.rglob("*.parquet")) if offline.exists() else []
-    out = speculative_precompute(as_of=when.isoformat(), params=str(tiny.params))
+    out = speculative_precompute(as_of=when.isoformat(), params=str(params))
     assert out["rows_written"] == 0 and out["users"] == 0 and "no predicted users" in out["message"]
     assert (sorted(offline.rglob("*.parquet")) if offline.exists() else []) == before
 
@@ -194,8 +206,8 @@ def test_failing_fm_batch_is_retried_and_never_leaves_partial_rows(trained: dict
         return fm.pair_repr(items, ts, cand)
 
     calls["n"] = 0
-    used = [windows[-1], _windows(tiny, 1)[0]]  # their users have fresh rows now and would be skipped
-    target = next(w for w in windows if all(abs(w - u) > pd.Timedelta("2h") for u in used))
+    # a window with at least two users to compute (users whose rows earlier runs left fresh are skipped)
+    target = next(w for w in windows if len(plan_window(cfg, w, store, client).users) >= 2)
     events = pd.read_parquet(tiny.cfg.path(tiny.cfg.paths.prepared) / "interactions.parquet")
     users = sorted(events.loc[events["timestamp"] < target, "user_id"].unique().tolist())
     before = _rows(store, users, bundle.bundle_id)

@@ -98,6 +98,23 @@ def test_ledger_accounting_on_a_constructed_case() -> None:
     assert per.loc[2, "precision"] == pytest.approx(0.5)
 
 
+def test_a_bundle_switch_ends_every_older_row() -> None:
+    """Rows written before a serving-bundle switch are misses from the switch on, whatever their ttl; rows
+    written at or after it live their ttl."""
+    ledger = Ledger(ttl_s=1000, switches=np.array([500, 2000]))
+    ledger.precompute(0, user=1, computed_at=100, history=5, items=np.array([10, 11]))
+    ledger.precompute(0, user=2, computed_at=500, history=3, items=np.array([20]))
+    assert ledger.rows[1].expires_at == 500 and ledger.rows[2].expires_at == 1500
+    assert ledger.request(0, user=1, at=499, candidates=np.array([10]))[1].tolist() == [True]
+    row, hit = ledger.request(1, user=1, at=500, candidates=np.array([10, 11]))
+    assert row is None and not hit.any()
+    assert ledger.request(1, user=2, at=1499, candidates=np.array([20]))[1].tolist() == [True]
+    ledger.precompute(3, user=3, computed_at=1900, history=1, items=np.array([30]))
+    assert ledger.rows[3].expires_at == 2000  # the second switch comes before the ttl
+    ledger.finish()
+    assert ledger.summary(0.0)["precision"] == pytest.approx(2 / 4)  # 10 and 20 served; 11 and 30 never
+
+
 def test_candidate_windows_match_brute_force() -> None:
     rng = np.random.default_rng(3)
     users = rng.integers(0, 5, 200)
