@@ -83,6 +83,9 @@ def main() -> None:
     parser.add_argument("--event-delay", default=None, help="Override speculation.event_delay (e.g. 5s).")
     parser.add_argument("--ttl", default=None, help="Override speculation.ttl (e.g. 1h).")
     parser.add_argument(
+        "--budget", type=int, default=None, help="Override speculation.budget (FM pairs per window)."
+    )
+    parser.add_argument(
         "--activity-horizon", default=None, help="Override speculation.activity_horizon (e.g. 6h)."
     )
     parser.add_argument(
@@ -114,6 +117,7 @@ def main() -> None:
             ("event_delay", args.event_delay),
             ("ttl", args.ttl),
             ("activity_horizon", args.activity_horizon),
+            ("budget", args.budget),
         )
         if value
     }
