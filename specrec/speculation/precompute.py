@@ -436,6 +436,14 @@ def account_past(
         rows = rows.assign(at=at)[(at >= lo) & (at < s)].sort_values("at", kind="stable")
     index_of = dict(zip(items["item_id"].to_numpy(), items["item_idx"].to_numpy(), strict=True))
     reqs = world.requests(lo, s)
+    # only two windows are reported: the last one's requests, and the rows written in the first (one ttl
+    # ago) through their life; their users' rows and requests are all either needs, so the retrieval
+    # for everyone else's requests of the past ttl is skipped
+    first_users = rows.loc[rows["at"] < lo + w, "user_id"].to_numpy() if len(rows) else np.zeros(0, np.int64)
+    users = np.union1d(first_users, reqs.user[reqs.t >= s - w])
+    reqs = reqs.only(np.isin(reqs.user, users))
+    if len(rows):
+        rows = rows[rows["user_id"].isin(users)]
     ledger, done = Ledger(ttl), set()
     events = [(int(t), 1, i) for i, t in enumerate(reqs.t)] + [(int(r.at), 0, r) for r in rows.itertuples()]
     for t, kind, what in sorted(events, key=lambda e: (e[0], e[1])):

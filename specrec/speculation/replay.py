@@ -18,7 +18,7 @@ import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import faiss
@@ -65,6 +65,10 @@ class Requests:
     item: np.ndarray  # (R,) item_idx of the event (the label)
     history: np.ndarray  # (R,) the user's events the request's state uses (0 = cold start)
     position: np.ndarray  # (R,) the user's events before this one (what a full FM online would see)
+
+    def only(self, keep: np.ndarray) -> Requests:
+        """The requests where the boolean mask `keep` is true, in the same order."""
+        return Requests(*(getattr(self, f.name)[keep] for f in fields(self)))
 
 
 class World:
