@@ -27,8 +27,8 @@ from specrec.speculation import replay
 from specrec.speculation.pairs import PrecomputeError
 from specrec.speculation.precompute import plan_window, precompute_window, write_rows
 from specrec.speculation.registry import REGISTERED_MODEL, load_champion
-from specrec.tracking import experiment_id
-from tests.conftest import prefect_harness, write_params
+from specrec.tracking import experiment_id, use_project_store
+from tests.conftest import copy_project, prefect_harness, write_params
 from tests.integration.conftest import TinyProject
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -41,12 +41,26 @@ def harness() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_project: TinyProject, harness: None) -> dict:  # type: ignore[type-arg]
-    """A serving bundle of the tiny project (cycle 1), then one retrain_speculator flow run at cycle 2."""
-    from specrec.tracking import use_project_store
+def own(tiny_project: TinyProject, tmp_path_factory: pytest.TempPathFactory) -> TinyProject:
+    """A copy of the session's tiny project: the bundle, rows and runs this module writes stay out of the
+    project other modules copy (test_report reads every run of its copy)."""
+    folder = tmp_path_factory.mktemp("speculation") / "project"
+    return TinyProject(copy_project(tiny_project.cfg, folder, ("feast", "kv_cache")), tiny_project.fm)
 
+
+@pytest.fixture
+def tiny(own: TinyProject) -> TinyProject:
+    """This module's copy, with MLflow pointed at its store for the test."""
+    use_project_store(own.cfg)
+    return own
+
+
+@pytest.fixture(scope="module")
+def trained(own: TinyProject, harness: None) -> dict:  # type: ignore[type-arg]
+    """A serving bundle of the tiny project's copy (cycle 1), then one retrain_speculator flow run at
+    cycle 2."""
     torch.set_num_threads(1)
-    cfg = tiny_project.cfg
+    cfg = own.cfg
     use_project_store(cfg)
     store, client = apply(cfg), mlflow.MlflowClient()
     clock = ReplayClock.from_config(cfg.clock)
@@ -56,7 +70,7 @@ def trained(tiny_project: TinyProject, harness: None) -> dict:  # type: ignore[t
     bundles.promote_serving(client, bundle)
     update_user_state(cfg, clock.cycle(1).as_of, bundle, store)
     state = retrain_speculator(
-        as_of=clock.cycle(2).as_of.isoformat(), params=str(tiny_project.params), return_state=True
+        as_of=clock.cycle(2).as_of.isoformat(), params=str(own.params), return_state=True
     )
     assert state.is_completed(), state
     return {"result": state.result(), "bundle": bundle, "store": store, "client": client}
