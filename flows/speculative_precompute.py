@@ -42,13 +42,18 @@ RETRY: dict[str, Any] = {
 
 
 def _logged(cfg: Config, as_of: str, result: dict[str, Any], shards: int | None = None) -> dict[str, Any]:
-    """Log the window to MLflow `speculation` (kind precompute) and return it."""
+    """Log the window to MLflow `speculation` (kind precompute) and return it. An event micro-batch is not
+    an MLflow run: at one per second of events it would bury the windows' runs (and mix other metric keys
+    into their compare view); its rows are in the view's history, which the window runs account for and
+    budget from, and its Prefect flow run keeps its result."""
     import mlflow
     from specrec.speculation.train import EXPERIMENT
     from specrec.tracking import experiment_id
 
+    if result.get("trigger") == "event":
+        return result
     tags = {"kind": "precompute", "as_of": result["as_of"], "bundle_id": result["bundle_id"]}
-    tags["trigger"] = str(result.get("trigger", "window"))  # event runs log their own keys (no accounting)
+    tags["trigger"] = "window"
     if shards is not None:  # a tag, not a metric: every precompute run logs the same metric keys
         tags["dask_shards"] = str(shards)
     with mlflow.start_run(experiment_id=experiment_id(cfg.root, EXPERIMENT), run_name=as_of):

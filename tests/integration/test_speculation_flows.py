@@ -354,6 +354,8 @@ def test_event_triggered_precompute_writes_the_history_through_the_event(
     span = events[
         (events["timestamp"] >= clock.cycle(2).start) & (events["timestamp"] < clock.cycle(2).as_of)
     ]
+    logged = experiment_id(cfg.root, "speculation")
+    windows_before = len(mlflow.search_runs([logged], output_format="list"))
     out, at, user = None, None, None
     for ev in span.sort_values("timestamp").iloc[::7].itertuples():  # an event whose user is expected back
         at = ev.timestamp.floor("1s") + pd.Timedelta("1s")
@@ -380,6 +382,8 @@ def test_event_triggered_precompute_writes_the_history_through_the_event(
     assert again["rows_written"] == 0 and again["skipped_fresh_users"] == 1
     nobody = speculative_precompute(as_of=at.isoformat(), users="987654321", params=str(tiny.params))
     assert nobody["rows_written"] == 0 and nobody["triggering_users"] == 1
+    # micro-batches are Prefect runs, not MLflow runs: `speculation` holds the windows' runs only
+    assert len(mlflow.search_runs([logged], output_format="list")) == windows_before
 
 
 def test_cli_refuses_bad_input_in_one_line(root: object) -> None:
