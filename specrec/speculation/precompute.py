@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -207,18 +208,28 @@ def window_start(when: pd.Timestamp, window: pd.Timedelta) -> pd.Timestamp:
     return when.floor(window)
 
 
-def _spent(store: FeatureStore, bundle_id: str, lo: pd.Timestamp, hi: pd.Timestamp) -> int:
-    """Pairs this view's rows of the bundle computed in [lo, hi), from its parquet history (only the
-    files written in that span are read: history_file names them by their write's time)."""
+def _history_files(store: FeatureStore, bundle_id: str, lo: pd.Timestamp, hi: pd.Timestamp) -> list[Path]:
+    """This view's parquet history files of the bundle written in [lo, hi), oldest first. A file is named by
+    its write's instant (history_file), which is also its rows' event_timestamp, so the name alone says
+    whether its rows fall in the span: with a micro-batch per second of events a day holds thousands of
+    files, and the accounting needs the last ttl's only."""
     folder = offline_dir(store, VIEW) / f"bundle={bundle_id}"
     if not folder.exists():
-        return 0
-    total = 0
+        return []
+    chosen = []
     for f in sorted(folder.glob("as_of=*.parquet")):
         written = pd.to_datetime(f.name[len("as_of=") :][:17], format="%Y-%m-%dT%H%M%S", utc=True)
         if lo <= written < hi:
-            total += int(pd.read_parquet(f, columns=["item_ids"])["item_ids"].map(len).sum())
-    return total
+            chosen.append(f)
+    return chosen
+
+
+def _spent(store: FeatureStore, bundle_id: str, lo: pd.Timestamp, hi: pd.Timestamp) -> int:
+    """Pairs this view's rows of the bundle computed in [lo, hi), from its parquet history."""
+    return sum(
+        int(pd.read_parquet(f, columns=["item_ids"])["item_ids"].map(len).sum())
+        for f in _history_files(store, bundle_id, lo, hi)
+    )
 
 
 def plan_events(
@@ -426,8 +437,8 @@ def account_past(
 
     w, ttl = world.window_s, world.ttl_s
     lo = s - ttl - w  # rows older than this cannot be live in the last window
-    folder = offline_dir(store, VIEW) / f"bundle={bundle_id}"
-    parts = [pd.read_parquet(f) for f in sorted(folder.glob("as_of=*.parquet"))] if folder.exists() else []
+    span = [pd.Timestamp(x, unit="s", tz="UTC") for x in (lo, s)]
+    parts = [pd.read_parquet(f) for f in _history_files(store, bundle_id, *span)]
     rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     if len(rows):
         at = (pd.to_datetime(rows["event_timestamp"], utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(

@@ -20,8 +20,8 @@ from flows.retrain_speculator import retrain_speculator
 from flows.speculative_precompute import speculative_precompute
 from specrec.clock import ReplayClock
 from specrec.nearline import bundles
-from specrec.nearline.materialize import load_fm, materialize_items
-from specrec.nearline.store import apply
+from specrec.nearline.materialize import history_file, load_fm, materialize_items
+from specrec.nearline.store import apply, offline_dir
 from specrec.nearline.user_state import update_user_state
 from specrec.speculation import replay
 from specrec.speculation.pairs import PrecomputeError
@@ -162,7 +162,18 @@ def test_precompute_writes_complete_rows_that_the_scorer_reads(trained: dict, ti
     # one ttl later the window's rows have lived their life: the flow accounts for them from the history
     spec = tiny.cfg.speculation
     later = when + pd.Timedelta(spec.ttl) + pd.Timedelta(spec.window)
-    acc = speculative_precompute(as_of=later.isoformat(), params=str(tiny.params))
+    # only the files of the accounted span are read (their names say when they were written): a file from
+    # before it, here one that is not even parquet, is never opened
+    older = (
+        offline_dir(store, "speculative")
+        / f"bundle={bundle.bundle_id}"
+        / history_file(when - pd.Timedelta("1s"))
+    )
+    older.write_bytes(b"not parquet: reading it would fail")
+    try:
+        acc = speculative_precompute(as_of=later.isoformat(), params=str(tiny.params))
+    finally:
+        older.unlink()
     # (the rerun's rows joined that instant's history file, they did not replace it)
     assert acc["expired_rows_pairs"] == out["pairs"] + again["pairs"]
     assert 0 <= acc["expired_rows_precision"] <= 1
