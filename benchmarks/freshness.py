@@ -170,6 +170,8 @@ def cache_key(cfg: Config, known: pd.DataFrame) -> str:
 
 def train_fm_recipe(cfg: Config, known: pd.DataFrame, cache: Path) -> Trained:
     """The FM recipe on `known` (specrec.lora.retrain.train_base), or the cached result of the same."""
+    from tqdm import tqdm
+
     from specrec.lora.retrain import train_base
 
     folder = cache / cache_key(cfg, known)
@@ -184,6 +186,11 @@ def train_fm_recipe(cfg: Config, known: pd.DataFrame, cache: Path) -> Trained:
 
     def on_epoch(rec: EpochRecord) -> None:
         curve.append(rec.metrics["ndcg@10"])
+        # a retrain takes minutes: say where it is (tqdm.write keeps the cycles bar intact)
+        tqdm.write(
+            f"  FM on {len(known):,} events up to {known['timestamp'].max():%Y-%m-%d}: epoch {len(curve)}/"
+            f"{cfg.fm.train.max_epochs}, validation NDCG@10 {curve[-1]:.4f}"
+        )
 
     model, result, cpu_s = train_base(cfg, known, folder, progress=False, on_epoch=on_epoch)
     assert isinstance(model, HSTU), "the freshness benchmark needs fm.model: hstu"
