@@ -32,7 +32,7 @@ and logs them to the MLflow experiment `freshness-benchmark`.
 
     python benchmarks/freshness.py                        # ml-latest-small, all replay cycles
     python benchmarks/freshness.py --cycles 2             # the first 2 comparisons only
-    python benchmarks/freshness.py --sequence ../shared/data/amazon/Toys_and_Games.txt --cycles 5
+    python benchmarks/freshness.py --sequence ../shared/data/amazon/Toys_and_Games.txt --cycles 2
 """
 
 from __future__ import annotations
@@ -82,8 +82,16 @@ REFERENCES = ("challenger", "reseeded")
 # ---- data -----------------------------------------------------------------------------------------------
 
 
-def sequence_project(cfg: Config, path: Path, step: str, n_cycles: int, tmp: Path) -> Config:
-    """Ingest, prepare and split a sequence-format file in a temp project; the clock covers its last 10%."""
+def sequence_project(
+    cfg: Config, path: Path, step: str, n_cycles: int, tmp: Path, align: str = "end"
+) -> Config:
+    """Ingest, prepare and split a sequence-format file in a temp project.
+
+    align `end` (every user's last event at one instant, `data.sequence.align`): each cycle is two steps,
+    i.e. every user's next two events, and the clock covers each user's last 2 * n_cycles events, so every
+    cycle holds about two events of every user long enough (the gate holds out the newer of the two).
+    align `start`: the clock covers the last 10% of event times, which are the tails of the longest
+    sequences only (a few users per cycle)."""
     from specrec.data import prepare, split
     from specrec.data.ingest import ingest
 
@@ -94,15 +102,19 @@ def sequence_project(cfg: Config, path: Path, step: str, n_cycles: int, tmp: Pat
         cfg.data,
         source="sequence",
         path=str(path.resolve()),
-        sequence=dataclasses.replace(cfg.data.sequence, step=step),
+        sequence=dataclasses.replace(cfg.data.sequence, step=step, align=align),
     )
     seq_cfg = dataclasses.replace(cfg, paths=paths, data=data, root=tmp)
     ingest(seq_cfg)
     events = read_parquet(Path(paths.ingested) / "interactions.parquet", "ingested interactions")
     ts = events["timestamp"].sort_values().reset_index(drop=True)
-    # synthetic times are start + position * step, so cycles here are bands of sequence positions
-    start = ts.iloc[int(len(ts) * 0.9)]
-    cadence = ((ts.iloc[-1] - start) / n_cycles).ceil("s") + pd.Timedelta("1s")  # the last event inside
+    if align == "end":
+        cadence = 2 * pd.Timedelta(step)
+        start = ts.iloc[-1] + pd.Timedelta(step) - n_cycles * cadence
+    else:
+        # synthetic times are start + position * step, so cycles here are bands of sequence positions
+        start = ts.iloc[int(len(ts) * 0.9)]
+        cadence = ((ts.iloc[-1] - start) / n_cycles).ceil("s") + pd.Timedelta("1s")  # the last event inside
     clock = ClockConfig(
         start=start.isoformat(), cadence=f"{int(cadence / pd.Timedelta('1s'))}s", cycles=n_cycles
     )
@@ -531,6 +543,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--sequence", type=Path, default=None, help="a sequence-format file instead of params' data"
     )
     p.add_argument("--sequence-step", default="1h", help="time between a user's events in --sequence")
+    p.add_argument(
+        "--sequence-align",
+        choices=["end", "start"],
+        default="end",
+        help="--sequence times: end = every user's last event at one instant (cycles are every user's "
+        "newest events) | start = every user starts together (cycles are the longest sequences' tails)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--bootstrap", type=int, default=2000, help="paired bootstrap resamples")
     p.add_argument("--cache", type=Path, default=CACHE, help="folder of trained FMs (reused by key)")
@@ -576,8 +595,13 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         n_cycles = cfg.clock.cycles
         if args.sequence is not None:
-            n_cycles = max(args.cycles + 1, 6) if args.cycles else 6
-            cfg = sequence_project(cfg, args.sequence, args.sequence_step, n_cycles, Path(tmp))
+            if args.sequence_align == "end":  # each cycle two of every user's last events: keep it short
+                n_cycles = args.cycles + 1 if args.cycles else 3
+            else:
+                n_cycles = max(args.cycles + 1, 6) if args.cycles else 6
+            cfg = sequence_project(
+                cfg, args.sequence, args.sequence_step, n_cycles, Path(tmp), args.sequence_align
+            )
         n_compare = min(args.cycles or n_cycles - 1, n_cycles - 1)
         wall0 = time.perf_counter()
         result = run(recipe(cfg, epochs), n_compare, args.cache, args.bootstrap, cached_only=args.cached_only)
@@ -586,7 +610,9 @@ def main(argv: list[str] | None = None) -> None:
         "fm": dataclasses.asdict(recipe(cfg, epochs).fm),
         "epoch_budget": epochs,
         "lora": dataclasses.asdict(cfg.lora),
-        "data": args.sequence.name if args.sequence else cfg.data.path,
+        "data": f"{args.sequence.name} (align {args.sequence_align}, step {args.sequence_step})"
+        if args.sequence
+        else cfg.data.path,
     }
     result["machine"] = (
         f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "

@@ -24,6 +24,7 @@ SourceKind = Literal["movielens_csv", "movielens_archive", "sequence", "table"]
 SOURCE_KINDS: tuple[str, ...] = get_args(SourceKind)
 ARCHIVE_NAMES = ("ml-100k", "ml-1m", "ml-20m", "ml-25m", "ml-latest-small")
 TIMESTAMP_UNITS = ("s", "ms", "us", "ns", "iso")
+SEQUENCE_ALIGN = ("start", "end")  # data.sequence.align
 
 
 def _require(ok: bool, key: str, value: object, allowed: str) -> None:
@@ -94,10 +95,12 @@ class SequenceConfig:
 
     start: str = "2000-01-01"
     step: str = "1D"
+    align: str = "start"  # start: every user begins at `start` | end: every last event at one instant
 
     def __post_init__(self) -> None:
         parse_timestamp("data.sequence.start", self.start)
         parse_duration("data.sequence.step", self.step)
+        _require(self.align in SEQUENCE_ALIGN, "data.sequence.align", self.align, f"one of {SEQUENCE_ALIGN}")
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from specrec.config import DataConfig, parse_duration, parse_timestamp
+from specrec.config import SEQUENCE_ALIGN, DataConfig, parse_duration, parse_timestamp
 from specrec.data.download import KNOWN_ARCHIVES, fetch
 from specrec.data.schema import SOURCE_ROW
 from specrec.errors import DataError
@@ -164,13 +165,22 @@ def read_movielens_archive(name: str, base_url: str, cache_dir: Path, sha256: st
     return read_movielens_csv(folder)
 
 
-def read_sequence_file(path: Path, start: str = "2000-01-01", step: str = "1D") -> RawData:
-    """One line per user, `user item item ...` in time order; position k gets time start + k*step."""
+def read_sequence_file(
+    path: Path, start: str = "2000-01-01", step: str = "1D", align: str = "start"
+) -> RawData:
+    """One line per user, `user item item ...` in time order, with synthetic times one `step` apart.
+
+    align `start`: position k of every user gets start + k*step (every user begins at `start`).
+    align `end`: every user's last event falls on the same instant, start + (L-1)*step for the longest
+    sequence's length L, so "the newest events" are every user's last few, as in leave-one-out splits;
+    with `start` the newest are the tails of the longest sequences only."""
+    if align not in SEQUENCE_ALIGN:
+        raise DataError(f"data.sequence.align={align!r} is invalid: use one of {SEQUENCE_ALIGN}.")
     t0 = parse_timestamp("data.sequence.start", start).value // 1_000_000_000
     dt = parse_duration("data.sequence.step", step).value // 1_000_000_000
     users: list[str] = []
     items: list[str] = []
-    times: list[int] = []
+    positions: list[np.ndarray] = []
     lines: list[int] = []
     with _need(path, "sequence file").open() as fh:
         for line_no, line in enumerate(fh, start=1):
@@ -180,9 +190,13 @@ def read_sequence_file(path: Path, start: str = "2000-01-01", step: str = "1D") 
             user, seq = tokens[0], tokens[1:]
             users.extend([user] * len(seq))
             items.extend(seq)
-            times.extend(t0 + k * dt for k in range(len(seq)))
+            positions.append(np.arange(len(seq), dtype=np.int64))
             lines.extend([line_no] * len(seq))
-    frame = pd.DataFrame({"user_id": users, "item_id": items, "timestamp": times, SOURCE_ROW: lines})
+    if align == "end" and positions:
+        longest = max(len(p) for p in positions)
+        positions = [p + (longest - len(p)) for p in positions]
+    pos = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+    frame = pd.DataFrame({"user_id": users, "item_id": items, "timestamp": t0 + pos * dt, SOURCE_ROW: lines})
     return RawData(frame, None, "s", f"sequence file {path}")
 
 
@@ -235,7 +249,7 @@ def load(cfg: DataConfig, root: Path) -> RawData:
     if cfg.source == "movielens_archive":
         return read_movielens_archive(cfg.archive.name, cfg.archive.base_url, cache, cfg.archive.sha256)
     if cfg.source == "sequence":
-        return read_sequence_file(path, cfg.sequence.start, cfg.sequence.step)
+        return read_sequence_file(path, cfg.sequence.start, cfg.sequence.step, cfg.sequence.align)
     items = None
     if cfg.table.items_path:
         items = Path(cfg.table.items_path)

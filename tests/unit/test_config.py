@@ -41,6 +41,7 @@ def test_config_is_frozen() -> None:
         ({"data": {"source": "excel"}}, "data.source", "movielens_csv"),
         ({"data": {"archive": {"name": "ml-2m"}}}, "data.archive.name", "ml-1m"),
         ({"data": {"archive": {"sha256": "abc"}}}, "data.archive.sha256", "64 hexadecimal"),
+        ({"data": {"sequence": {"align": "middle"}}}, "data.sequence.align", "'start', 'end'"),
         ({"data": {"table": {"columns": {"uid": "user"}}}}, "data.table.columns.uid", "canonical column"),
         ({"clock": {"cycles": "ten"}}, "clock.cycles", "an integer"),
         ({"clock": {"cycels": 3}}, "clock.cycels", "known key"),

@@ -55,6 +55,20 @@ def test_sequence_format_times_are_monotone_per_user(tmp_path: Path) -> None:
     assert u1["timestamp"].iloc[0] == pd.Timestamp("2001-01-01", tz="UTC")
 
 
+def test_sequence_format_aligned_at_the_end_has_every_last_event_at_one_instant(tmp_path: Path) -> None:
+    path = tmp_path / "seq.txt"
+    path.write_text("1 5 6 7 8\n2 7 9\n3 9\n")
+    raw = read_sequence_file(path, start="2001-01-01", step="1h", align="end")
+    inter = validate_interactions(raw.interactions, raw.timestamp_unit, ValidateConfig())
+    last = inter.clean.groupby("user_id")["timestamp"].max()
+    assert last.nunique() == 1 and last.iloc[0] == pd.Timestamp("2001-01-01 03:00", tz="UTC")
+    u2 = inter.clean[inter.clean["user_id"] == 2]
+    assert u2["item_id"].tolist() == [7, 9]  # order kept, one step apart
+    assert u2["timestamp"].tolist() == [pd.Timestamp("2001-01-01 02:00", tz="UTC"), last.iloc[0]]
+    with pytest.raises(DataError, match="data.sequence.align='middle'"):
+        read_sequence_file(path, align="middle")
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_table_with_column_mapping(tmp_path: Path, suffix: str) -> None:
     frame = pd.DataFrame(
