@@ -55,6 +55,15 @@ GRID: dict[str, dict[str, Any]] = {
     "holdout=0.5": {"holdout_share": 0.5},
     "no_warm_start": {"warm_start": False},
     "no_new_item_rows": {"new_item_rows": False},
+    # every position of the new events' windows supervised, and trainable rows for every item trained on
+    "window,rows": {"supervise": "window", "cycle_item_rows": True},
+    "window,rows,lr=0.001,epochs=1,replay=0.25": {
+        "supervise": "window",
+        "cycle_item_rows": True,
+        "lr": 0.001,
+        "epochs": 1,
+        "replay_share": 0.25,
+    },
 }
 
 

@@ -25,6 +25,7 @@ SOURCE_KINDS: tuple[str, ...] = get_args(SourceKind)
 ARCHIVE_NAMES = ("ml-100k", "ml-1m", "ml-20m", "ml-25m", "ml-latest-small")
 TIMESTAMP_UNITS = ("s", "ms", "us", "ns", "iso")
 SEQUENCE_ALIGN = ("start", "end")  # data.sequence.align
+LORA_SUPERVISE = ("new", "window")  # lora.supervise
 
 
 def _require(ok: bool, key: str, value: object, allowed: str) -> None:
@@ -419,6 +420,12 @@ class LoraFinetuneConfig:
     alpha: float = 16.0  # LoRA scaling numerator (update scale = alpha / r)
     dropout: float = 0.05  # dropout on the LoRA branch input
     new_item_rows: bool = True  # items first seen after the base's cutoff get trainable embedding rows
+    # also every item of the cycle's training events (older ones too): the update can move the embeddings
+    # of items that got new interactions, which a retrain from scratch does and layer adapters cannot
+    cycle_item_rows: bool = False
+    # new: the cycle's new events are the only targets of their windows | window: every position of those
+    # windows is (the users' earlier events too, as in the base's training)
+    supervise: str = "new"
     replay_share: float = 0.5  # share of training targets drawn from older history (experience replay)
     min_events: int = 50  # a cycle with fewer new training events is skipped, with the reason logged
     holdout_share: float = 0.2  # the newest share of the cycle's events: the gate's holdout
@@ -443,6 +450,8 @@ class LoraFinetuneConfig:
         _require(self.alpha > 0, "lora.alpha", self.alpha, "a number > 0")
         _require(0 <= self.dropout < 1, "lora.dropout", self.dropout, "a probability in [0, 1)")
         _require(0 <= self.replay_share < 1, "lora.replay_share", self.replay_share, "a share in [0, 1)")
+        ok = self.supervise in LORA_SUPERVISE
+        _require(ok, "lora.supervise", self.supervise, f"one of {LORA_SUPERVISE}")
         _require(1 <= self.min_events <= 10_000_000, "lora.min_events", self.min_events, "an integer >= 1")
         _require(0 < self.holdout_share < 1, "lora.holdout_share", self.holdout_share, "a share in (0, 1)")
         _require(1 <= self.epochs <= 10_000, "lora.epochs", self.epochs, "an integer in [1, 10000]")

@@ -8,7 +8,7 @@ events before the cycle) so the adapter does not forget what the base knew.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,7 @@ class CycleData:
     holdout: Cycle  # [holdout start, as_of): the newest events, scored by next_event_metrics
     holdout_events: int
     new_items: list[int]  # item_idx first seen in [cutoff, train end)
+    cycle_items: list[int] = field(default_factory=list)  # item_idx of the cycle's training events
 
     @property
     def windows(self) -> list[Window]:
@@ -66,14 +67,22 @@ def _per_user(events: pd.DataFrame) -> dict[int, tuple[np.ndarray, np.ndarray, n
     }
 
 
-def new_event_windows(known: pd.DataFrame, start: pd.Timestamp, max_len: int) -> tuple[list[Window], int]:
-    """Windows whose targets are every event at or after `start`, and the number of such events."""
+def new_event_windows(
+    known: pd.DataFrame, start: pd.Timestamp, max_len: int, supervise: str = "new"
+) -> tuple[list[Window], int]:
+    """Windows whose targets are every event at or after `start`, and the number of such events.
+
+    supervise `new`: only those events are targets, the earlier ones context. `window`: every position of
+    those windows is a target (a user's earlier events too, as the base's own training had them)."""
     windows, n_new = [], 0
     for items, secs, ns in _per_user(known).values():
         first_new = int(np.searchsorted(ns, start.value, side="left"))
         if first_new < len(items):
             n_new += len(items) - first_new
-            windows += user_windows(items, secs, first_new, max_len)
+            found = user_windows(items, secs, first_new, max_len)
+            if supervise == "window":
+                found = [Window(w.items, w.timestamps, 1) for w in found]
+            windows += found
     return windows, n_new
 
 
@@ -104,14 +113,16 @@ def cycle_data(
     holdout_share: float,
     replay_share: float,
     seed: int,
+    supervise: str = "new",
 ) -> CycleData:
-    """Training windows (new + replay) and the holdout of the cycle ending at cycle.as_of."""
+    """Training windows (new + replay) and the holdout of the cycle ending at cycle.as_of (`supervise`: see
+    new_event_windows)."""
     if len(known) and known["timestamp"].max() >= cycle.as_of:
         raise ValueError(f"events at or after as_of {cycle.as_of.isoformat()} were passed to cycle_data")
     in_cycle = known[known["timestamp"] >= cycle.start]
     hold_from = holdout_start(in_cycle, cycle, holdout_share)
     train = known[known["timestamp"] < hold_from]
-    new, n_new = new_event_windows(train, cycle.start, max_len)
+    new, n_new = new_event_windows(train, cycle.start, max_len, supervise)
     n_new_targets = sum(w.n_targets for w in new)
     n_replay = int(round(n_new_targets * replay_share / (1 - replay_share)))
     older = known[known["timestamp"] < cycle.start]
@@ -123,4 +134,5 @@ def cycle_data(
         holdout=Cycle(cycle.index, hold_from, cycle.as_of),
         holdout_events=int((in_cycle["timestamp"] >= hold_from).sum()),
         new_items=new_items(train, cutoff),
+        cycle_items=sorted(int(i) for i in train.loc[train["timestamp"] >= cycle.start, "item_idx"].unique()),
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,11 +85,13 @@ def known_events(cfg: Config, as_of: pd.Timestamp) -> pd.DataFrame:
     return EventLog(events).as_of(as_of).known_at(as_of)
 
 
-def spec(cfg: Config, new_items: list[int]) -> lora.AdapterSpec:
-    """The adapter spec from params.yaml's lora section and this cycle's new items."""
+def spec(cfg: Config, new_items: Sequence[int], cycle_items: Sequence[int] = ()) -> lora.AdapterSpec:
+    """The adapter spec from params.yaml's lora section and this cycle's new (and, with
+    lora.cycle_item_rows, every trained-on) items."""
     lc = cfg.lora
-    rows = tuple(new_items) if lc.new_item_rows else ()
-    return lora.AdapterSpec(tuple(lc.target_modules), lc.r, lc.alpha, lc.dropout, rows)
+    rows = set(new_items) if lc.new_item_rows else set()
+    rows |= set(cycle_items) if lc.cycle_item_rows else set()
+    return lora.AdapterSpec(tuple(lc.target_modules), lc.r, lc.alpha, lc.dropout, tuple(sorted(rows)))
 
 
 def train_adapter(
@@ -100,7 +103,7 @@ def train_adapter(
 ) -> tuple[PeftModel, lora.FinetuneResult]:
     """A new adapter on `base` trained on the cycle's windows, optionally warm-started from `warm_from`."""
     lc = cfg.lora
-    model = lora.wrap(base, spec(cfg, data.new_items), lc.seed)
+    model = lora.wrap(base, spec(cfg, data.new_items, data.cycle_items), lc.seed)
     if warm_from is not None:
         lora.warm_start(model, warm_from)
     result = lora.finetune(
@@ -166,6 +169,7 @@ def run_cycle(
         lc.holdout_share,
         lc.replay_share,
         lc.seed,
+        lc.supervise,
     )
     max_len = base.config.max_len
     serving_base = score(base, known, data.holdout, max_len)

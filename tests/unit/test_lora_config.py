@@ -33,6 +33,7 @@ def test_shipped_lora_section(root: Path) -> None:
         ({"replay_share": 1.0}, "lora.replay_share"),
         ({"holdout_share": 0}, "lora.holdout_share"),
         ({"promote_metric": "mrr"}, "lora.promote_metric"),
+        ({"supervise": "all"}, "lora.supervise"),
         ({"min_events": 0}, "lora.min_events"),
         ({"drift": {"clock": 0}}, "lora.drift.clock"),
         ({"drift": {"unknown": 1}}, "lora.drift.unknown"),
@@ -41,3 +42,16 @@ def test_shipped_lora_section(root: Path) -> None:
 def test_bad_lora_values_are_named(tmp_path: Path, lora: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         _load(tmp_path, lora)
+
+
+def test_adapter_rows_are_new_items_and_with_cycle_item_rows_every_trained_on_item(root: Path) -> None:
+    import dataclasses
+
+    from specrec.lora.finetune import spec
+
+    cfg = load_config(root / "params.yaml")
+    assert spec(cfg, [9, 7], [3, 7, 9]).token_rows == (7, 9)
+    on = dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, cycle_item_rows=True))
+    assert spec(on, [9, 7], [3, 7, 9]).token_rows == (3, 7, 9)
+    off = dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, new_item_rows=False))
+    assert spec(off, [9, 7], [3, 7, 9]).token_rows == ()

@@ -54,6 +54,20 @@ def test_holdout_targets_replay_and_new_items() -> None:
     assert data.new_items == sorted(set(train["item_idx"]) & set(range(81, 91)))
 
 
+def test_window_supervision_and_cycle_items() -> None:
+    """supervise window: the same windows, every position a target (the new events and their context)."""
+    ev = _events()
+    new = cycle_data(ev, CYCLE, CUTOFF, 20, holdout_share=0.2, replay_share=0.0, seed=0)
+    whole = cycle_data(ev, CYCLE, CUTOFF, 20, holdout_share=0.2, replay_share=0.0, seed=0, supervise="window")
+    assert [w.items.tolist() for w in whole.new_windows] == [w.items.tolist() for w in new.new_windows]
+    assert all(w.first_target == 1 for w in whole.new_windows)
+    assert set(_targets(new.new_windows)) < set(_targets(whole.new_windows))
+    assert whole.new_events == new.new_events  # what the cycle brought is counted the same way
+    train = ev[(ev["timestamp"] >= START) & (ev["timestamp"] < new.holdout.start)]
+    assert new.cycle_items == sorted(set(train["item_idx"].tolist()))  # old items too, not only new ones
+    assert set(new.new_items) < set(new.cycle_items)
+
+
 def test_no_holdout_and_no_replay() -> None:
     data = cycle_data(_events(), CYCLE, CUTOFF, 20, holdout_share=0.0, replay_share=0.0, seed=0)
     assert data.holdout.start == CYCLE.as_of and data.holdout_events == 0 and data.replay_windows == []
