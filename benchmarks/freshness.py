@@ -550,6 +550,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="--sequence times: end = every user's last event at one instant (cycles are every user's "
         "newest events) | start = every user starts together (cycles are the longest sequences' tails)",
     )
+    p.add_argument(
+        "--lora",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override params.yaml's lora settings for the LoRA arm, e.g. supervise=window lr=0.001",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--bootstrap", type=int, default=2000, help="paired bootstrap resamples")
     p.add_argument("--cache", type=Path, default=CACHE, help="folder of trained FMs (reused by key)")
@@ -583,11 +590,29 @@ def fill_cache(cfg: Config, cycles: list[int], cache: Path) -> None:
         print(f"cycle {k} ({clock[k - 1].name}): {trained.folder} {trained.cpu_s:.0f} CPU s", flush=True)
 
 
+def lora_overrides(cfg: Config, pairs: list[str]) -> Config:
+    """cfg with `--lora KEY=VALUE` settings (YAML values) in its lora section, validated as params.yaml's."""
+    import yaml
+
+    from specrec.errors import SpecrecError
+
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in {f.name for f in dataclasses.fields(cfg.lora)} or key == "drift":
+            raise SystemExit(f"error: --lora {pair!r}: use KEY=VALUE with KEY a field of params.yaml's lora")
+        values[key] = yaml.safe_load(value)
+    try:
+        return dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, **values))
+    except SpecrecError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark, print the figures, write JSON and PNG, log to MLflow."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = load_config(args.params)
+    cfg = lora_overrides(load_config(args.params), args.lora)
     epochs = args.epochs or champion_epochs(cfg)
     if args.train_only:
         fill_cache(recipe(cfg, epochs), args.train_only, args.cache)

@@ -50,8 +50,11 @@ def test_adapter_rows_are_new_items_and_with_cycle_item_rows_every_trained_on_it
     from specrec.lora.finetune import spec
 
     cfg = load_config(root / "params.yaml")
-    assert spec(cfg, [9, 7], [3, 7, 9]).token_rows == (7, 9)
-    on = dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, cycle_item_rows=True))
-    assert spec(on, [9, 7], [3, 7, 9]).token_rows == (3, 7, 9)
-    off = dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, new_item_rows=False))
-    assert spec(off, [9, 7], [3, 7, 9]).token_rows == ()
+
+    def rows(new_item_rows: bool, cycle_item_rows: bool) -> tuple[int, ...]:
+        lc = dataclasses.replace(cfg.lora, new_item_rows=new_item_rows, cycle_item_rows=cycle_item_rows)
+        return spec(dataclasses.replace(cfg, lora=lc), [9, 7], [3, 7, 9]).token_rows
+
+    assert rows(True, False) == (7, 9)
+    assert rows(True, True) == rows(False, True) == (3, 7, 9)  # (new items are among those trained on)
+    assert rows(False, False) == ()
