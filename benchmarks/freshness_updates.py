@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import freshness as fb  # noqa: E402
 
 from models import lora  # noqa: E402
+from models.evaluate import metrics_from_ranks  # noqa: E402
 from models.hstu import HSTU  # noqa: E402
 from specrec.clock import ReplayClock  # noqa: E402
 from specrec.config import load_config  # noqa: E402
@@ -59,7 +60,7 @@ VARIANTS = [
 
 def ndcg10(ranks: np.ndarray) -> float:
     """Mean NDCG@10 of 0-based ranks."""
-    return float(np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
+    return metrics_from_ranks(torch.from_numpy(ranks), (10,))["ndcg@10"]
 
 
 def update(
