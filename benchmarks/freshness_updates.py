@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import shlex
 import sys
@@ -43,6 +44,7 @@ from specrec.clock import ReplayClock  # noqa: E402
 from specrec.config import load_config  # noqa: E402
 from specrec.io import read_parquet  # noqa: E402
 from specrec.lora.data import cycle_data  # noqa: E402
+from specrec.lora.finetune import spec as adapter_spec  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "freshness_updates.json"
@@ -64,7 +66,7 @@ def ndcg10(ranks: np.ndarray) -> float:
 
 
 def update(
-    base: HSTU, kind: str, windows: list[lora.Window], lr: float, epochs: int, rows: tuple[int, ...], cfg: Any
+    base: HSTU, kind: str, windows: list[lora.Window], lr: float, epochs: int, data: Any, cfg: Any
 ) -> tuple[torch.nn.Module, float]:
     """A copy of the base trained by the variant; the model to score and the training CPU seconds."""
     lc = cfg.lora
@@ -74,7 +76,9 @@ def update(
             p.requires_grad_(True)
         wrapped: Any = _Whole(model)
     elif kind in ("lora", "lorarows"):
-        spec = lora.AdapterSpec(tuple(lc.target_modules), lc.r, lc.alpha, lc.dropout, rows)
+        # the daily path's adapter spec, with rows for new items (and for every trained-on item: lorarows)
+        with_rows = dataclasses.replace(lc, new_item_rows=True, cycle_item_rows=kind == "lorarows")
+        spec = adapter_spec(dataclasses.replace(cfg, lora=with_rows), data.new_items, data.cycle_items)
         wrapped = lora.wrap(copy.deepcopy(base), spec, lc.seed)
     else:
         raise SystemExit(f"error: variant kind {kind!r}: use lora, lorarows or whole")
@@ -137,11 +141,8 @@ def main(argv: list[str] | None = None) -> None:
             windows = {"new": new.new_windows, "replay": new.replay_windows, "window": whole.new_windows}[
                 targets
             ]
-            rows = tuple(new.new_items) + (tuple(new.cycle_items) if kind == "lorarows" else ())
             t0 = time.perf_counter()
-            model, cpu_s = update(
-                frozen, kind, windows, float(lr), int(epochs), tuple(sorted(set(rows))), cfg
-            )
+            model, cpu_s = update(frozen, kind, windows, float(lr), int(epochs), new, cfg)
             r = score(model) | {"train_cpu_s": cpu_s, "targets": sum(w.n_targets for w in windows)}
             r["next_gain_over_frozen"] = r["next_ndcg@10"] - results["frozen"]["next_ndcg@10"]
             results[name] = r
