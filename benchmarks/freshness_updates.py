@@ -11,6 +11,9 @@ seen items excluded). No gate, no registry: the update alone. A variant is KIND:
   TARGETS  new (only the new events are targets: the windows of supervise: new) | replay (the replay
            windows alone) | window (every position of the new events' windows: supervise: window)
 
+and an optional fifth field `unsorted`: batches of windows in random order instead of grouped by length
+(models.lora.batches), to measure what the grouping saves (train_cpu_s) and that it costs no quality.
+
     python benchmarks/freshness_updates.py --sequence ../shared/data/amazon/Toys_and_Games.txt
 
 writes benchmarks/results/freshness_updates.json (each variant's NDCG@10 and training CPU seconds).
@@ -66,7 +69,14 @@ def ndcg10(ranks: np.ndarray) -> float:
 
 
 def update(
-    base: HSTU, kind: str, windows: list[lora.Window], lr: float, epochs: int, data: Any, cfg: Any
+    base: HSTU,
+    kind: str,
+    windows: list[lora.Window],
+    lr: float,
+    epochs: int,
+    data: Any,
+    cfg: Any,
+    by_length: bool = True,
 ) -> tuple[torch.nn.Module, float]:
     """A copy of the base trained by the variant; the model to score and the training CPU seconds."""
     lc = cfg.lora
@@ -82,7 +92,8 @@ def update(
         wrapped = lora.wrap(copy.deepcopy(base), spec, lc.seed)
     else:
         raise SystemExit(f"error: variant kind {kind!r}: use lora, lorarows or whole")
-    result = lora.finetune(wrapped, windows, epochs, lr, lc.batch_size, 0.0, cfg.fm.train.loss, lc.seed, True)
+    args = (wrapped, windows, epochs, lr, lc.batch_size, 0.0, cfg.fm.train.loss, lc.seed, True, by_length)
+    result = lora.finetune(*args)
     served = wrapped.model if kind == "whole" else lora.merge(wrapped)
     return served.eval(), result.cpu_seconds
 
@@ -137,12 +148,14 @@ def main(argv: list[str] | None = None) -> None:
         results["frozen"] = score(frozen)
         print("frozen", results["frozen"], flush=True)
         for name in args.variants:
-            kind, targets, lr, epochs = name.split(":")
+            kind, targets, lr, epochs, *order = name.split(":")
+            if order not in ([], ["unsorted"]):
+                raise SystemExit(f"error: variant {name!r}: the fifth field can only be 'unsorted'")
             windows = {"new": new.new_windows, "replay": new.replay_windows, "window": whole.new_windows}[
                 targets
             ]
             t0 = time.perf_counter()
-            model, cpu_s = update(frozen, kind, windows, float(lr), int(epochs), new, cfg)
+            model, cpu_s = update(frozen, kind, windows, float(lr), int(epochs), new, cfg, not order)
             r = score(model) | {"train_cpu_s": cpu_s, "targets": sum(w.n_targets for w in windows)}
             r["next_gain_over_frozen"] = r["next_ndcg@10"] - results["frozen"]["next_ndcg@10"]
             results[name] = r

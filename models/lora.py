@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from models.hstu import HSTU
 from models.losses import next_item_loss
-from models.sequences import Batch, pad_left
+from models.sequences import Batch, length_grouped, pad_left
 
 ITEM_EMBEDDING = "item_emb.ids"  # the HSTU module whose rows become trainable tokens
 
@@ -176,11 +176,20 @@ def window_batch(windows: Sequence[Window]) -> Batch:
     )
 
 
-def batches(windows: Sequence[Window], batch_size: int, rng: np.random.Generator) -> Iterator[Batch]:
-    """Shuffled batches of windows."""
-    order = rng.permutation(len(windows))
-    for start in range(0, len(order), batch_size):
-        yield window_batch([windows[i] for i in order[start : start + batch_size]])
+def batches(
+    windows: Sequence[Window], batch_size: int, rng: np.random.Generator, by_length: bool = True
+) -> Iterator[Batch]:
+    """Shuffled batches of windows; `by_length`: of similar length (as the FM's own training batches them),
+    since a batch pads to its longest window and most windows of short-sequence data are far shorter than
+    the rare long one (benchmarks/lora_batching.py measures the difference)."""
+    if not by_length:
+        order = rng.permutation(len(windows))
+        groups: Iterator[np.ndarray] = (order[s : s + batch_size] for s in range(0, len(order), batch_size))
+    else:
+        lengths = np.array([len(w.items) for w in windows])
+        groups = length_grouped(lengths, np.arange(len(windows)), batch_size, rng)
+    for group in groups:
+        yield window_batch([windows[i] for i in group])
 
 
 # ---- fine-tuning ------------------------------------------------------------------------------------
@@ -205,6 +214,7 @@ def finetune(
     loss: str = "full_ce",
     seed: int = 0,
     progress: bool = True,
+    by_length: bool = True,
 ) -> FinetuneResult:
     """Train only the adapter's parameters (AdamW) on the windows' supervised targets; end in eval mode."""
     torch.manual_seed(seed)
@@ -217,7 +227,7 @@ def finetune(
     for _ in bar:
         model.train()
         total, n = 0.0, 0
-        for batch in batches(windows, batch_size, rng):
+        for batch in batches(windows, batch_size, rng, by_length):
             keep = batch.targets > 0
             hidden = model(batch.items, batch.timestamps)  # (B, T, D)
             value = next_item_loss(

@@ -127,14 +127,24 @@ def training_batches(
     """Yield shuffled next-item batches, bucketed by length inside random chunks to limit padding;
     `random_windows`: each long history is cut at a random end (see make_training_batch)."""
     lengths = seqs.lengths()
-    order = rng.permutation(np.flatnonzero(lengths >= 2))
+    for group in length_grouped(lengths, np.flatnonzero(lengths >= 2), batch_size, rng):
+        yield make_training_batch(seqs, group, max_len, rng if random_windows else None)
+
+
+def length_grouped(
+    lengths: np.ndarray, indices: np.ndarray, batch_size: int, rng: np.random.Generator
+) -> Iterator[np.ndarray]:
+    """Shuffled batches of `indices` with similar `lengths`: a random permutation is cut into chunks of
+    BUCKET_CHUNK_BATCHES batches, each chunk sorted by length and split into batches, and the batches of a
+    chunk yielded in random order, so a batch pads to a length near its members' own."""
+    order = rng.permutation(indices)
     chunk = batch_size * BUCKET_CHUNK_BATCHES
     for start in range(0, len(order), chunk):
         part = order[start : start + chunk]
         part = part[np.argsort(lengths[part], kind="stable")]
         groups = [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
         for g in rng.permutation(len(groups)):
-            yield make_training_batch(seqs, groups[g], max_len, rng if random_windows else None)
+            yield groups[g]
 
 
 def history_batch(histories: Sequences, users: np.ndarray, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:

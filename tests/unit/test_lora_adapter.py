@@ -120,6 +120,21 @@ def test_user_windows_cover_every_new_event_once() -> None:
     assert batch.n_targets() == 18
 
 
+def test_batches_group_windows_by_length_and_cover_each_once() -> None:
+    rng = np.random.default_rng(0)
+    lengths = np.where(rng.random(400) < 0.05, 60, rng.integers(2, 8, 400))  # mostly short, a few long
+    windows = [lora.Window(np.arange(1, n + 1), np.arange(n), 1) for n in lengths]
+    padded = {}
+    for by_length in (True, False):
+        seen, cells = [], 0
+        for batch in lora.batches(windows, 16, np.random.default_rng(1), by_length):
+            seen += [int(w[w > 0][-1]) for w in batch.targets]  # each window's last target is its length
+            cells += batch.items.numel()
+        assert sorted(seen) == sorted(int(n) for n in lengths)  # every window once, none cut
+        padded[by_length] = cells
+    assert padded[True] < 0.5 * padded[False]  # grouped batches pad to their own length, not a rare long one
+
+
 def test_same_inputs_give_the_same_adapter() -> None:
     base = _base()
     torch.manual_seed(123)  # the global RNG state must not matter
