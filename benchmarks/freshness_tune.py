@@ -64,6 +64,17 @@ GRID: dict[str, dict[str, Any]] = {
         "epochs": 1,
         "replay_share": 0.25,
     },
+    # the same with more epochs (on the Toys file the gate's holdout rose with each epoch)
+    **{
+        f"window,rows,lr=0.001,epochs={n},replay=0.25": {
+            "supervise": "window",
+            "cycle_item_rows": True,
+            "lr": 0.001,
+            "epochs": n,
+            "replay_share": 0.25,
+        }
+        for n in (2, 3, 5)
+    },
 }
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -177,11 +177,12 @@ def window_batch(windows: Sequence[Window]) -> Batch:
 
 
 def batches(
-    windows: Sequence[Window], batch_size: int, rng: np.random.Generator, by_length: bool = True
+    windows: Sequence[Window], batch_size: int, rng: np.random.Generator, by_length: bool = False
 ) -> Iterator[Batch]:
-    """Shuffled batches of windows; `by_length`: of similar length (as the FM's own training batches them),
-    since a batch pads to its longest window and most windows of short-sequence data are far shorter than
-    the rare long one (benchmarks/lora_batching.py measures the difference)."""
+    """Shuffled batches of windows; `by_length`: of similar length, as the FM's own training batches them
+    (less padding). Not the default: on the Toys file it made an epoch 1.3x faster but the update worse
+    (`benchmarks/freshness_updates.py` variants with `:by_length`), as a batch of short windows then weighs
+    its few targets as much as a batch of long ones does its many, probably."""
     if not by_length:
         order = rng.permutation(len(windows))
         groups: Iterator[np.ndarray] = (order[s : s + batch_size] for s in range(0, len(order), batch_size))
@@ -197,11 +198,14 @@ def batches(
 
 @dataclass
 class FinetuneResult:
-    """Per-epoch mean loss, supervised targets per epoch and CPU seconds of the whole fine-tuning."""
+    """Per-epoch mean loss (and validation score), supervised targets per epoch, the epoch whose adapter
+    was kept, and CPU seconds of the whole fine-tuning (validation included)."""
 
     losses: list[float] = field(default_factory=list)
     targets_per_epoch: int = 0
     cpu_seconds: float = 0.0
+    val_scores: list[float] = field(default_factory=list)
+    best_epoch: int = 0
 
 
 def finetune(
@@ -214,15 +218,22 @@ def finetune(
     loss: str = "full_ce",
     seed: int = 0,
     progress: bool = True,
-    by_length: bool = True,
+    by_length: bool = False,
+    validate: Callable[[PeftModel], float] | None = None,
+    patience: int = 1,
 ) -> FinetuneResult:
-    """Train only the adapter's parameters (AdamW) on the windows' supervised targets; end in eval mode."""
+    """Train only the adapter's parameters (AdamW) on the windows' supervised targets; end in eval mode.
+
+    With `validate` (a score of the model in eval mode, higher is better) run after each epoch, `epochs` is
+    a maximum: training stops after `patience` epochs without a better score, and the adapter of the best
+    epoch is restored (early stopping as in the FM's own training)."""
     torch.manual_seed(seed)
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     result, cpu0 = FinetuneResult(targets_per_epoch=sum(w.n_targets for w in windows)), time.process_time()
     base: HSTU = model.get_base_model()  # type: ignore[assignment]
+    best: dict[str, torch.Tensor] | None = None
     bar = tqdm(range(epochs), desc="lora", disable=not progress, leave=False)
     for _ in bar:
         model.train()
@@ -246,6 +257,22 @@ def finetune(
             total, n = total + float(value.detach()) * int(keep.sum()), n + int(keep.sum())
         result.losses.append(total / max(n, 1))
         bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
+        if validate is None:
+            continue
+        model.eval()
+        result.val_scores.append(float(validate(model)))
+        epoch = len(result.val_scores)
+        if best is None or result.val_scores[-1] > max(result.val_scores[:-1]):
+            best = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+            result.best_epoch = epoch
+        elif epoch - result.best_epoch >= patience:
+            break
     model.eval()
+    if best is not None:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in best:
+                    p.copy_(best[name])
+    result.best_epoch = result.best_epoch or len(result.losses)
     result.cpu_seconds = time.process_time() - cpu0
     return result

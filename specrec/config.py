@@ -429,7 +429,12 @@ class LoraFinetuneConfig:
     replay_share: float = 0.5  # share of training targets drawn from older history (experience replay)
     min_events: int = 50  # a cycle with fewer new training events is skipped, with the reason logged
     holdout_share: float = 0.2  # the newest share of the cycle's events: the gate's holdout
-    epochs: int = 5
+    epochs: int = 5  # with val_share > 0: the most epochs (early stopping on the validation users)
+    # share of the users with new training events whose new events are held out of training and score
+    # each epoch (NDCG@10); the adapter of the best epoch is kept, training stops after `patience` epochs
+    # without a better one. 0: no validation, always `epochs` epochs
+    val_share: float = 0.0
+    patience: int = 1
     lr: float = 0.003
     weight_decay: float = 0.0
     batch_size: int = 32  # windows per batch
@@ -455,6 +460,8 @@ class LoraFinetuneConfig:
         _require(1 <= self.min_events <= 10_000_000, "lora.min_events", self.min_events, "an integer >= 1")
         _require(0 < self.holdout_share < 1, "lora.holdout_share", self.holdout_share, "a share in (0, 1)")
         _require(1 <= self.epochs <= 10_000, "lora.epochs", self.epochs, "an integer in [1, 10000]")
+        _require(0 <= self.val_share < 0.5, "lora.val_share", self.val_share, "a share in [0, 0.5)")
+        _require(1 <= self.patience <= 10_000, "lora.patience", self.patience, "an integer >= 1")
         _require(0 < self.lr <= 1, "lora.lr", self.lr, "a learning rate in (0, 1]")
         _require(self.weight_decay >= 0, "lora.weight_decay", self.weight_decay, "a number >= 0")
         _require(

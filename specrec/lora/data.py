@@ -28,6 +28,12 @@ class CycleData:
     holdout_events: int
     new_items: list[int]  # item_idx first seen in [cutoff, train end)
     cycle_items: list[int] = field(default_factory=list)  # item_idx of the cycle's training events
+    # users whose new events are held out of training to choose the epoch (val_share); their events in
+    # val_span ([cycle start, holdout start)) are scored with `val_events` (those users' known events) as
+    # history
+    val_users: list[int] = field(default_factory=list)
+    val_events: pd.DataFrame | None = None
+    val_span: Cycle | None = None
 
     @property
     def windows(self) -> list[Window]:
@@ -114,15 +120,22 @@ def cycle_data(
     replay_share: float,
     seed: int,
     supervise: str = "new",
+    val_share: float = 0.0,
 ) -> CycleData:
     """Training windows (new + replay) and the holdout of the cycle ending at cycle.as_of (`supervise`: see
-    new_event_windows)."""
+    new_event_windows); with `val_share`, that share of the users with new training events (drawn with
+    `seed`) is held out of the new windows to validate each epoch on."""
     if len(known) and known["timestamp"].max() >= cycle.as_of:
         raise ValueError(f"events at or after as_of {cycle.as_of.isoformat()} were passed to cycle_data")
     in_cycle = known[known["timestamp"] >= cycle.start]
     hold_from = holdout_start(in_cycle, cycle, holdout_share)
     train = known[known["timestamp"] < hold_from]
-    new, n_new = new_event_windows(train, cycle.start, max_len, supervise)
+    active = np.unique(train.loc[train["timestamp"] >= cycle.start, "user_idx"].to_numpy())
+    n_val = int(round(len(active) * val_share))
+    val_users = np.sort(np.random.default_rng(seed + 1).choice(active, n_val, replace=False)) if n_val else []
+    is_val = train["user_idx"].isin(val_users).to_numpy()
+    fit = train[~is_val]
+    new, n_new = new_event_windows(fit, cycle.start, max_len, supervise)
     n_new_targets = sum(w.n_targets for w in new)
     n_replay = int(round(n_new_targets * replay_share / (1 - replay_share)))
     older = known[known["timestamp"] < cycle.start]
@@ -134,5 +147,8 @@ def cycle_data(
         holdout=Cycle(cycle.index, hold_from, cycle.as_of),
         holdout_events=int((in_cycle["timestamp"] >= hold_from).sum()),
         new_items=new_items(train, cutoff),
-        cycle_items=sorted(int(i) for i in train.loc[train["timestamp"] >= cycle.start, "item_idx"].unique()),
+        cycle_items=sorted(int(i) for i in fit.loc[fit["timestamp"] >= cycle.start, "item_idx"].unique()),
+        val_users=[int(u) for u in val_users],
+        val_events=train[is_val] if n_val else None,
+        val_span=Cycle(cycle.index, cycle.start, hold_from) if n_val else None,
     )

@@ -43,10 +43,15 @@ METRIC_KEYS = (
     "new_events",
     "holdout_events",
     "new_item_rows",
+    "adapter_item_rows",
     "replay_targets",
     "train_targets",
     "train_loss",
     "train_cpu_s",
+    "val_users",
+    "val_ndcg_at_10",
+    "epochs_trained",
+    "best_epoch",
     "skipped",
     "promoted",
 )
@@ -106,6 +111,12 @@ def train_adapter(
     model = lora.wrap(base, spec(cfg, data.new_items, data.cycle_items), lc.seed)
     if warm_from is not None:
         lora.warm_start(model, warm_from)
+    val_events, val_span = data.val_events, data.val_span
+
+    def validate(m: PeftModel) -> float:
+        assert val_events is not None and val_span is not None
+        return score(m, val_events, val_span, base.config.max_len).ndcg
+
     result = lora.finetune(
         model,
         data.windows,
@@ -116,11 +127,13 @@ def train_adapter(
         cfg.fm.train.loss,
         lc.seed,
         progress,
+        validate=validate if val_events is not None and len(val_events) else None,
+        patience=lc.patience,
     )
     return model, result
 
 
-def _metrics(scores: dict[str, HoldoutScore | None], data: CycleData) -> dict[str, float]:
+def _metrics(cfg: Config, scores: dict[str, HoldoutScore | None], data: CycleData) -> dict[str, float]:
     """The fixed metric keys; NaN for what this cycle did not produce."""
     out = dict.fromkeys(METRIC_KEYS, math.nan)
     for variant, s in scores.items():
@@ -130,8 +143,12 @@ def _metrics(scores: dict[str, HoldoutScore | None], data: CycleData) -> dict[st
         "new_events": float(data.new_events),
         "holdout_events": float(data.holdout_events),
         "new_item_rows": float(len(data.new_items)),
+        # rows of the item table the adapter trains: new items, and with lora.cycle_item_rows every
+        # item the cycle trained on
+        "adapter_item_rows": float(len(spec(cfg, data.new_items, data.cycle_items).token_rows)),
         "replay_targets": float(data.replay_targets),
         "train_targets": float(sum(w.n_targets for w in data.windows)),
+        "val_users": float(len(data.val_users)),
     }
 
 
@@ -170,6 +187,7 @@ def run_cycle(
         lc.replay_share,
         lc.seed,
         lc.supervise,
+        lc.val_share,
     )
     max_len = base.config.max_len
     serving_base = score(base, known, data.holdout, max_len)
@@ -195,7 +213,7 @@ def run_cycle(
         mlflow.log_params({f"lora.{k}": v for k, v in dataclasses.asdict(lc).items() if k != "drift"})
         reason = _skip_reason(cfg, data, scores["base"])
         if reason is not None:
-            metrics = _metrics(scores, data) | {"skipped": 1.0, "promoted": 0.0}
+            metrics = _metrics(cfg, scores, data) | {"skipped": 1.0, "promoted": 0.0}
             mlflow.log_metrics(metrics)
             mlflow.set_tags({"status": "skipped", "reason": reason})
             log.info("lora %s: skipped (%s)", cycle.name, reason)
@@ -208,12 +226,18 @@ def run_cycle(
         model, result = train_adapter(cfg, base, data, warm, progress)
         for epoch, loss in enumerate(result.losses, start=1):
             mlflow.log_metric("train_loss", loss, step=epoch)
+        for epoch, value in enumerate(result.val_scores, start=1):
+            mlflow.log_metric("val_ndcg_at_10_by_epoch", value, step=epoch)
         challenger = scores["challenger"] = score(model, known, data.holdout, max_len)
-        metrics = _metrics(scores, data) | {
+        metrics = _metrics(cfg, scores, data) | {
             "train_loss": result.losses[-1],
             "train_cpu_s": result.cpu_seconds,
+            "epochs_trained": float(len(result.losses)),
+            "best_epoch": float(result.best_epoch),
             "skipped": 0.0,
         }
+        if result.val_scores:
+            metrics["val_ndcg_at_10"] = result.val_scores[result.best_epoch - 1]
         version = adapters.register_adapter(
             client,
             model,

@@ -132,6 +132,10 @@ def test_champion_adapter_merges_for_serving(tiny: TinyProject, copy_dir: Path) 
         b = merged.user_state(items, ts) @ merged.item_embeddings().T
     assert torch.max(torch.abs(a - b)).item() < 1e-5
     assert cfg.lora.new_item_rows and lora.token_rows(champion.model)  # new items have trained rows
+    run = mlflow.get_run(
+        mlflow.MlflowClient().get_model_version(adapters.ADAPTER_MODEL, champion.version).run_id
+    )
+    assert run.data.metrics["adapter_item_rows"] == len(lora.token_rows(champion.model))  # as logged
 
 
 def test_too_few_events_skip_the_cycle(tiny: TinyProject, copy_dir: Path) -> None:

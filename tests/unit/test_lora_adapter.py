@@ -135,6 +135,22 @@ def test_batches_group_windows_by_length_and_cover_each_once() -> None:
     assert padded[True] < 0.5 * padded[False]  # grouped batches pad to their own length, not a rare long one
 
 
+def test_early_stopping_keeps_the_best_epoch() -> None:
+    model = lora.wrap(_base(), lora.AdapterSpec(("f1", "f2"), 4, 8.0, 0.0, (55, 56)))
+    planned, states = iter([0.1, 0.3, 0.2, 0.25, 0.9]), []
+
+    def validate(m: torch.nn.Module) -> float:
+        states.append(lora.adapter_state(m))  # type: ignore[arg-type]
+        return next(planned)
+
+    out = lora.finetune(model, _windows(), 10, 0.02, 4, progress=False, validate=validate, patience=2)
+    assert out.val_scores == [0.1, 0.3, 0.2, 0.25] and len(out.losses) == 4  # 2 epochs without a better one
+    assert out.best_epoch == 2
+    kept = lora.adapter_state(model)
+    assert all(torch.equal(kept[k], states[1][k]) for k in kept)  # epoch 2's adapter, not the last one
+    assert not all(torch.equal(kept[k], states[3][k]) for k in kept)
+
+
 def test_same_inputs_give_the_same_adapter() -> None:
     base = _base()
     torch.manual_seed(123)  # the global RNG state must not matter

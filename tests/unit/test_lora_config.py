@@ -32,6 +32,8 @@ def test_shipped_lora_section(root: Path) -> None:
         ({"r": 0}, "lora.r"),
         ({"replay_share": 1.0}, "lora.replay_share"),
         ({"holdout_share": 0}, "lora.holdout_share"),
+        ({"val_share": 0.5}, "lora.val_share"),
+        ({"patience": 0}, "lora.patience"),
         ({"promote_metric": "mrr"}, "lora.promote_metric"),
         ({"supervise": "all"}, "lora.supervise"),
         ({"min_events": 0}, "lora.min_events"),

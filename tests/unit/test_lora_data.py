@@ -68,6 +68,21 @@ def test_window_supervision_and_cycle_items() -> None:
     assert set(new.new_items) < set(new.cycle_items)
 
 
+def test_validation_users_are_held_out_of_training() -> None:
+    ev = _events(n_users=20)
+    data = cycle_data(ev, CYCLE, CUTOFF, 20, 0.2, 0.0, seed=0, supervise="window", val_share=0.25)
+    assert len(data.val_users) == 5 and data.val_span is not None and data.val_events is not None
+    assert (data.val_span.start, data.val_span.as_of) == (START, data.holdout.start)
+    assert set(data.val_events["user_idx"]) == set(data.val_users)  # their history, nobody else's
+    assert data.val_events["timestamp"].max() < data.holdout.start  # nothing of the gate's holdout
+    val_s = set(data.val_events["timestamp"].astype("int64") // 1_000_000_000)
+    assert not val_s & set(_targets(data.new_windows))  # no validation user's event is trained on
+    train = ev[(ev["timestamp"] >= START) & (ev["timestamp"] < data.holdout.start)]
+    assert data.new_events == int((~train["user_idx"].isin(data.val_users)).sum())
+    none = cycle_data(ev, CYCLE, CUTOFF, 20, 0.2, 0.0, seed=0, supervise="window")
+    assert none.val_users == [] and none.val_events is None and none.new_events == len(train)
+
+
 def test_no_holdout_and_no_replay() -> None:
     data = cycle_data(_events(), CYCLE, CUTOFF, 20, holdout_share=0.0, replay_share=0.0, seed=0)
     assert data.holdout.start == CYCLE.as_of and data.holdout_events == 0 and data.replay_windows == []
