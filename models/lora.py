@@ -179,16 +179,16 @@ def window_batch(windows: Sequence[Window]) -> Batch:
 def batches(
     windows: Sequence[Window], batch_size: int, rng: np.random.Generator, by_length: bool = False
 ) -> Iterator[Batch]:
-    """Shuffled batches of windows; `by_length`: of similar length, as the FM's own training batches them
-    (less padding). Not the default: on the Toys file it made an epoch 1.3x faster but the update worse
-    (`benchmarks/freshness_updates.py` variants with `:by_length`), as a batch of short windows then weighs
-    its few targets as much as a batch of long ones does its many, probably."""
+    """Shuffled batches of windows; `by_length`: of similar length, as the FM's own training batches them,
+    and cut by supervised targets rather than windows, each batch about as many targets as batch_size
+    random windows have (less padding; a batch of short windows is not a short batch)."""
     if not by_length:
         order = rng.permutation(len(windows))
         groups: Iterator[np.ndarray] = (order[s : s + batch_size] for s in range(0, len(order), batch_size))
     else:
         lengths = np.array([len(w.items) for w in windows])
-        groups = length_grouped(lengths, np.arange(len(windows)), batch_size, rng)
+        targets = np.array([w.n_targets for w in windows], dtype=np.float64)
+        groups = length_grouped(lengths, np.arange(len(windows)), batch_size, rng, targets)
     for group in groups:
         yield window_batch([windows[i] for i in group])
 

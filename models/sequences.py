@@ -132,17 +132,31 @@ def training_batches(
 
 
 def length_grouped(
-    lengths: np.ndarray, indices: np.ndarray, batch_size: int, rng: np.random.Generator
+    lengths: np.ndarray,
+    indices: np.ndarray,
+    batch_size: int,
+    rng: np.random.Generator,
+    weights: np.ndarray | None = None,
 ) -> Iterator[np.ndarray]:
     """Shuffled batches of `indices` with similar `lengths`: a random permutation is cut into chunks of
     BUCKET_CHUNK_BATCHES batches, each chunk sorted by length and split into batches, and the batches of a
-    chunk yielded in random order, so a batch pads to a length near its members' own."""
+    chunk yielded in random order, so a batch pads to a length near its members' own.
+
+    `weights` (e.g. each member's supervised targets): batches are cut by weight instead of count, each
+    holding about batch_size * mean weight (token-budget batching, as fairseq's --max-tokens), so a batch
+    of short members holds more of them and every batch carries about as many targets as a random one."""
     order = rng.permutation(indices)
     chunk = batch_size * BUCKET_CHUNK_BATCHES
+    budget = batch_size * float(np.mean(weights[indices])) if weights is not None and len(indices) else 0.0
     for start in range(0, len(order), chunk):
         part = order[start : start + chunk]
         part = part[np.argsort(lengths[part], kind="stable")]
-        groups = [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+        if weights is None:
+            groups = [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+        else:  # cut before the member that would take the batch past the budget (a batch has >= 1 member)
+            filled = np.cumsum(weights[part])
+            cuts = np.flatnonzero(np.diff(np.floor(filled / budget)) > 0) + 1 if budget > 0 else []
+            groups = [g for g in np.split(part, cuts) if len(g)]
         for g in rng.permutation(len(groups)):
             yield groups[g]
 

@@ -124,15 +124,18 @@ def test_batches_group_windows_by_length_and_cover_each_once() -> None:
     rng = np.random.default_rng(0)
     lengths = np.where(rng.random(400) < 0.05, 60, rng.integers(2, 8, 400))  # mostly short, a few long
     windows = [lora.Window(np.arange(1, n + 1), np.arange(n), 1) for n in lengths]
-    padded = {}
+    padded, steps = {}, {}
     for by_length in (True, False):
-        seen, cells = [], 0
+        seen, cells, steps[by_length] = [], 0, 0
         for batch in lora.batches(windows, 16, np.random.default_rng(1), by_length):
             seen += [int(w[w > 0][-1]) for w in batch.targets]  # each window's last target is its length
-            cells += batch.items.numel()
+            cells, steps[by_length] = cells + batch.items.numel(), steps[by_length] + 1
+            if by_length:  # about 16 random windows' worth of targets, however long its windows are
+                assert batch.n_targets() < 2 * 16 * np.mean(lengths - 1) or len(batch.targets) == 1
         assert sorted(seen) == sorted(int(n) for n in lengths)  # every window once, none cut
         padded[by_length] = cells
     assert padded[True] < 0.5 * padded[False]  # grouped batches pad to their own length, not a rare long one
+    assert 0.8 < steps[True] / steps[False] < 1.25  # as many optimizer steps per epoch
 
 
 def test_early_stopping_keeps_the_best_epoch() -> None:
