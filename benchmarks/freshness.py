@@ -299,6 +299,10 @@ def lora_step(cfg: Config, cycle: Cycle) -> tuple[HSTU, HSTU | None, dict[str, A
             "lora_serving_adapter": parts["adapter"],
             "lora_train_targets": out.metrics.get("train_targets", math.nan),
             "lora_new_item_rows": out.metrics.get("new_item_rows", math.nan),
+            "lora_item_rows": out.metrics.get("adapter_item_rows", math.nan),
+            "lora_epochs_trained": out.metrics.get("epochs_trained", math.nan),
+            "lora_best_epoch": out.metrics.get("best_epoch", math.nan),
+            "lora_val_ndcg@10": out.metrics.get("val_ndcg_at_10", math.nan),
         },
     )
 

@@ -75,6 +75,19 @@ GRID: dict[str, dict[str, Any]] = {
         }
         for n in (2, 3, 5)
     },
+    # at most n epochs, early stopping on 10% of the cycle's users held out of training
+    **{
+        f"window,rows,lr=0.001,epochs<={n},replay=0.25,val=0.1": {
+            "supervise": "window",
+            "cycle_item_rows": True,
+            "lr": 0.001,
+            "epochs": n,
+            "replay_share": 0.25,
+            "val_share": 0.1,
+            "patience": 1,
+        }
+        for n in (3, 5)
+    },
 }
 
 

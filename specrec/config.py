@@ -437,7 +437,9 @@ class LoraFinetuneConfig:
     patience: int = 1
     lr: float = 0.003
     weight_decay: float = 0.0
-    batch_size: int = 32  # windows per batch
+    batch_size: int = 32  # windows per batch (with batch_by_length: that many random windows' targets)
+    # batches of windows of similar length, cut by supervised targets (less padding; models.lora.batches)
+    batch_by_length: bool = False
     warm_start: bool = True  # start from the champion adapter when it was trained on the same base
     promote_metric: str = "ndcg@10"
     tolerance: float = 0.0  # the challenger is promoted when its holdout score > champion's - tolerance

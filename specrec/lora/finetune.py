@@ -127,6 +127,7 @@ def train_adapter(
         cfg.fm.train.loss,
         lc.seed,
         progress,
+        by_length=lc.batch_by_length,
         validate=validate if val_events is not None and len(val_events) else None,
         patience=lc.patience,
     )
