@@ -155,7 +155,9 @@ def length_grouped(
             groups = [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
         else:  # cut before the member that would take the batch past the budget (a batch has >= 1 member)
             filled = np.cumsum(weights[part])
-            cuts = np.flatnonzero(np.diff(np.floor(filled / budget)) > 0) + 1 if budget > 0 else []
+            cuts = (
+                np.flatnonzero(np.diff(np.floor(filled / budget)) > 0) + 1 if budget > 0 else np.empty(0, int)
+            )
             groups = [g for g in np.split(part, cuts) if len(g)]
         for g in rng.permutation(len(groups)):
             yield groups[g]

@@ -132,7 +132,9 @@ def cycle_data(
     train = known[known["timestamp"] < hold_from]
     active = np.unique(train.loc[train["timestamp"] >= cycle.start, "user_idx"].to_numpy())
     n_val = int(round(len(active) * val_share))
-    val_users = np.sort(np.random.default_rng(seed + 1).choice(active, n_val, replace=False)) if n_val else []
+    val_users = (
+        np.sort(np.random.default_rng(seed + 1).choice(active, n_val, replace=False)) if n_val else active[:0]
+    )
     is_val = train["user_idx"].isin(val_users).to_numpy()
     fit = train[~is_val]
     new, n_new = new_event_windows(fit, cycle.start, max_len, supervise)
