@@ -16,6 +16,7 @@ events are context the user had before the new events).
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -262,7 +263,10 @@ def finetune(
         model.eval()
         result.val_scores.append(float(validate(model)))
         epoch = len(result.val_scores)
-        if best is None or result.val_scores[-1] > max(result.val_scores[:-1]):
+        value = result.val_scores[-1]
+        if math.isnan(value):  # nothing scoreable: no early stopping
+            continue
+        if best is None or value > max(v for v in result.val_scores[:-1] if not math.isnan(v)):
             best = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
             result.best_epoch = epoch
         elif epoch - result.best_epoch >= patience:

@@ -152,6 +152,8 @@ def test_early_stopping_keeps_the_best_epoch() -> None:
     kept = lora.adapter_state(model)
     assert all(torch.equal(kept[k], states[1][k]) for k in kept)  # epoch 2's adapter, not the last one
     assert not all(torch.equal(kept[k], states[3][k]) for k in kept)
+    nothing = lora.finetune(model, _windows(), 3, 0.02, 4, progress=False, validate=lambda m: float("nan"))
+    assert len(nothing.losses) == 3 and nothing.best_epoch == 3  # unscoreable validation: no early stopping
 
 
 def test_same_inputs_give_the_same_adapter() -> None:
