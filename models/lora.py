@@ -263,10 +263,10 @@ def finetune(
         model.eval()
         result.val_scores.append(float(validate(model)))
         epoch = len(result.val_scores)
-        value = result.val_scores[-1]
-        if math.isnan(value):  # nothing scoreable: no early stopping
+        score = result.val_scores[-1]
+        if math.isnan(score):  # nothing scoreable: no early stopping
             continue
-        if best is None or value > max(v for v in result.val_scores[:-1] if not math.isnan(v)):
+        if best is None or score > max(v for v in result.val_scores[:-1] if not math.isnan(v)):
             best = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
             result.best_epoch = epoch
         elif epoch - result.best_epoch >= patience:
