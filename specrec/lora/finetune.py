@@ -50,6 +50,7 @@ METRIC_KEYS = (
     "train_cpu_s",
     "val_users",
     "val_ndcg_at_10",
+    "val_ndcg_at_10_by_epoch",  # a value per epoch (step) where validation ran, else NaN
     "epochs_trained",
     "best_epoch",
     "skipped",
@@ -262,7 +263,9 @@ def run_cycle(
             lc.tolerance,
         )
         metrics["promoted"] = float(decision.promoted)
-        mlflow.log_metrics({k: v for k, v in metrics.items() if k != "train_loss"})
+        # logged per epoch above (the validation curve only where validation ran)
+        by_epoch = {"train_loss"} | ({"val_ndcg_at_10_by_epoch"} if result.val_scores else set())
+        mlflow.log_metrics({k: v for k, v in metrics.items() if k not in by_epoch})
         status = "promoted" if decision.promoted else "rejected"
         mlflow.set_tags({"status": status, "reason": decision.reason, "adapter_version": version})
     log.info("lora %s: %s v%s %s (%s)", cycle.name, adapters.ADAPTER_MODEL, version, status, decision.reason)
