@@ -92,8 +92,9 @@ def update(
         wrapped = lora.wrap(copy.deepcopy(base), spec, lc.seed)
     else:
         raise SystemExit(f"error: variant kind {kind!r}: use lora, lorarows or whole")
-    args = (wrapped, windows, epochs, lr, lc.batch_size, 0.0, cfg.fm.train.loss, lc.seed, True, by_length)
-    result = lora.finetune(*args)
+    result = lora.finetune(
+        wrapped, windows, epochs, lr, lc.batch_size, loss=cfg.fm.train.loss, seed=lc.seed, by_length=by_length
+    )
     served = wrapped.model if kind == "whole" else lora.merge(wrapped)
     return served.eval(), result.cpu_seconds
 
