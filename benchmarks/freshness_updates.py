@@ -11,8 +11,9 @@ seen items excluded). No gate, no registry: the update alone. A variant is KIND:
   TARGETS  new (only the new events are targets: the windows of supervise: new) | replay (the replay
            windows alone) | window (every position of the new events' windows: supervise: window)
 
-and an optional fifth field `by_length`: batches of windows of similar length (models.lora.batches) instead
-of the daily path's random ones, to measure what grouping saves (train_cpu_s) and what it costs.
+and optional further fields: `by_length` (batches of windows of similar length, models.lora.batches, instead
+of random ones: what grouping saves in train_cpu_s and what it costs) and `sampled` (sampled softmax over
+fm.train's negatives instead of the full softmax: lora.loss).
 
     python benchmarks/freshness_updates.py --sequence ../shared/data/amazon/Toys_and_Games.txt
 
@@ -77,6 +78,7 @@ def update(
     data: Any,
     cfg: Any,
     by_length: bool = False,
+    loss: str = "full_ce",
 ) -> tuple[torch.nn.Module, float]:
     """A copy of the base trained by the variant; the model to score and the training CPU seconds."""
     lc = cfg.lora
@@ -92,8 +94,18 @@ def update(
         wrapped = lora.wrap(copy.deepcopy(base), spec, lc.seed)
     else:
         raise SystemExit(f"error: variant kind {kind!r}: use lora, lorarows or whole")
+    tc = cfg.fm.train
     result = lora.finetune(
-        wrapped, windows, epochs, lr, lc.batch_size, loss=cfg.fm.train.loss, seed=lc.seed, by_length=by_length
+        wrapped,
+        windows,
+        epochs,
+        lr,
+        lc.batch_size,
+        loss=loss,
+        seed=lc.seed,
+        by_length=by_length,
+        n_uniform=tc.n_uniform_negatives,
+        n_inbatch=tc.n_inbatch_negatives,
     )
     served = wrapped.model if kind == "whole" else lora.merge(wrapped)
     return served.eval(), result.cpu_seconds
@@ -149,14 +161,18 @@ def main(argv: list[str] | None = None) -> None:
         results["frozen"] = score(frozen)
         print("frozen", results["frozen"], flush=True)
         for name in args.variants:
-            kind, targets, lr, epochs, *order = name.split(":")
-            if order not in ([], ["by_length"]):
-                raise SystemExit(f"error: variant {name!r}: the fifth field can only be 'by_length'")
+            kind, targets, lr, epochs, *options = name.split(":")
+            if unknown := set(options) - {"by_length", "sampled"}:
+                raise SystemExit(
+                    f"error: variant {name!r}: {sorted(unknown)}: options are by_length, sampled"
+                )
             windows = {"new": new.new_windows, "replay": new.replay_windows, "window": whole.new_windows}[
                 targets
             ]
             t0 = time.perf_counter()
-            model, cpu_s = update(frozen, kind, windows, float(lr), int(epochs), new, cfg, bool(order))
+            loss = "sampled_softmax" if "sampled" in options else "full_ce"
+            args_ = (frozen, kind, windows, float(lr), int(epochs), new, cfg, "by_length" in options, loss)
+            model, cpu_s = update(*args_)
             r = score(model) | {"train_cpu_s": cpu_s, "targets": sum(w.n_targets for w in windows)}
             r["next_gain_over_frozen"] = r["next_ndcg@10"] - results["frozen"]["next_ndcg@10"]
             results[name] = r

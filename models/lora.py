@@ -222,12 +222,15 @@ def finetune(
     by_length: bool = False,
     validate: Callable[[PeftModel], float] | None = None,
     patience: int = 1,
+    n_uniform: int = 512,
+    n_inbatch: int = 512,
 ) -> FinetuneResult:
     """Train only the adapter's parameters (AdamW) on the windows' supervised targets; end in eval mode.
 
     With `validate` (a score of the model in eval mode, higher is better) run after each epoch, `epochs` is
     a maximum: training stops after `patience` epochs without a better score, and the adapter of the best
-    epoch is restored (early stopping as in the FM's own training)."""
+    epoch is restored (early stopping as in the FM's own training). `loss` is models.losses' name;
+    sampled_softmax draws `n_uniform` uniform and `n_inbatch` in-batch negatives per batch."""
     torch.manual_seed(seed)
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -248,8 +251,8 @@ def finetune(
                 batch.targets[keep],
                 base.item_embeddings(),
                 base.logit_scale(),
-                512,
-                512,
+                n_uniform,
+                n_inbatch,
                 gen,
             )
             opt.zero_grad(set_to_none=True)

@@ -440,6 +440,9 @@ class LoraFinetuneConfig:
     batch_size: int = 32  # windows per batch (with batch_by_length: that many random windows' targets)
     # batches of windows of similar length, cut by supervised targets (less padding; models.lora.batches)
     batch_by_length: bool = False
+    # the update's next-item loss: full_ce (softmax over every item, as the base trains) | sampled_softmax
+    # (the target against fm.train's in-batch and uniform negatives: a cheaper step, so more epochs fit)
+    loss: str = "full_ce"
     warm_start: bool = True  # start from the champion adapter when it was trained on the same base
     promote_metric: str = "ndcg@10"
     tolerance: float = 0.0  # the challenger is promoted when its holdout score > champion's - tolerance
@@ -461,6 +464,7 @@ class LoraFinetuneConfig:
         _require(ok, "lora.supervise", self.supervise, f"one of {LORA_SUPERVISE}")
         _require(1 <= self.min_events <= 10_000_000, "lora.min_events", self.min_events, "an integer >= 1")
         _require(0 < self.holdout_share < 1, "lora.holdout_share", self.holdout_share, "a share in (0, 1)")
+        _require(self.loss in LOSSES, "lora.loss", self.loss, f"one of {LOSSES}")
         _require(1 <= self.epochs <= 10_000, "lora.epochs", self.epochs, "an integer in [1, 10000]")
         _require(0 <= self.val_share < 0.5, "lora.val_share", self.val_share, "a share in [0, 0.5)")
         _require(1 <= self.patience <= 10_000, "lora.patience", self.patience, "an integer >= 1")

@@ -125,12 +125,14 @@ def train_adapter(
         lc.lr,
         lc.batch_size,
         lc.weight_decay,
-        cfg.fm.train.loss,
+        lc.loss,
         lc.seed,
         progress,
         by_length=lc.batch_by_length,
         validate=validate if val_events is not None and len(val_events) else None,
         patience=lc.patience,
+        n_uniform=cfg.fm.train.n_uniform_negatives,
+        n_inbatch=cfg.fm.train.n_inbatch_negatives,
     )
     return model, result
 

@@ -156,6 +156,31 @@ def test_early_stopping_keeps_the_best_epoch() -> None:
     assert len(nothing.losses) == 3 and nothing.best_epoch == 3  # unscoreable validation: no early stopping
 
 
+def _full_ce(model: torch.nn.Module, windows: list[lora.Window]) -> float:
+    from models.losses import full_cross_entropy
+
+    batch, base = lora.window_batch(windows), model.get_base_model()  # type: ignore[operator]
+    keep = batch.targets > 0
+    with torch.no_grad():
+        hidden = model(batch.items, batch.timestamps)
+        return float(
+            full_cross_entropy(hidden[keep], batch.targets[keep], base.item_embeddings(), base.logit_scale())
+        )
+
+
+def test_sampled_softmax_update_lowers_the_full_softmax_loss() -> None:
+    model = lora.wrap(_base(), lora.AdapterSpec(("f1", "f2"), 4, 8.0, 0.0, (55, 56, 57, 58, 59, 60)))
+    windows = _windows()
+    before = _full_ce(model, windows)
+    out = lora.finetune(
+        model, windows, 5, 0.02, 4, loss="sampled_softmax", progress=False, n_uniform=8, n_inbatch=8
+    )
+    assert len(out.losses) == 5 and out.losses[-1] < out.losses[0]
+    assert _full_ce(model, windows) < before - 0.1  # trained on 16 negatives, better against all 60 items
+    with pytest.raises(ValueError, match="'bpr'"):
+        lora.finetune(model, windows, 1, 0.02, 4, loss="bpr", progress=False)
+
+
 def test_same_inputs_give_the_same_adapter() -> None:
     base = _base()
     torch.manual_seed(123)  # the global RNG state must not matter

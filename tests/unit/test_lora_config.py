@@ -34,6 +34,7 @@ def test_shipped_lora_section(root: Path) -> None:
         ({"holdout_share": 0}, "lora.holdout_share"),
         ({"val_share": 0.5}, "lora.val_share"),
         ({"patience": 0}, "lora.patience"),
+        ({"loss": "bpr"}, "lora.loss"),
         ({"promote_metric": "mrr"}, "lora.promote_metric"),
         ({"supervise": "all"}, "lora.supervise"),
         ({"min_events": 0}, "lora.min_events"),
