@@ -12,8 +12,9 @@ seen items excluded). No gate, no registry: the update alone. A variant is KIND:
            windows alone) | window (every position of the new events' windows: supervise: window)
 
 and optional further fields: `by_length` (batches of windows of similar length, models.lora.batches, instead
-of random ones: what grouping saves in train_cpu_s and what it costs) and `sampled` (sampled softmax over
-fm.train's negatives instead of the full softmax: lora.loss).
+of random ones: what grouping saves in train_cpu_s and what it costs), `sampled` (sampled softmax over
+fm.train's negatives instead of the full softmax: lora.loss) and `linear` (lr decaying linearly to 0
+over the epochs: lora.lr_schedule).
 
     python benchmarks/freshness_updates.py --sequence ../shared/data/amazon/Toys_and_Games.txt
 
@@ -79,6 +80,7 @@ def update(
     cfg: Any,
     by_length: bool = False,
     loss: str = "full_ce",
+    schedule: str = "constant",
 ) -> tuple[torch.nn.Module, float]:
     """A copy of the base trained by the variant; the model to score and the training CPU seconds."""
     lc = cfg.lora
@@ -106,6 +108,7 @@ def update(
         by_length=by_length,
         n_uniform=tc.n_uniform_negatives,
         n_inbatch=tc.n_inbatch_negatives,
+        schedule=schedule,
     )
     served = wrapped.model if kind == "whole" else lora.merge(wrapped)
     return served.eval(), result.cpu_seconds
@@ -162,17 +165,18 @@ def main(argv: list[str] | None = None) -> None:
         print("frozen", results["frozen"], flush=True)
         for name in args.variants:
             kind, targets, lr, epochs, *options = name.split(":")
-            if unknown := set(options) - {"by_length", "sampled"}:
+            if unknown := set(options) - {"by_length", "sampled", "linear"}:
                 raise SystemExit(
-                    f"error: variant {name!r}: {sorted(unknown)}: options are by_length, sampled"
+                    f"error: variant {name!r}: {sorted(unknown)}: options are by_length, sampled, linear"
                 )
             windows = {"new": new.new_windows, "replay": new.replay_windows, "window": whole.new_windows}[
                 targets
             ]
             t0 = time.perf_counter()
             loss = "sampled_softmax" if "sampled" in options else "full_ce"
+            schedule = "linear" if "linear" in options else "constant"
             args_ = (frozen, kind, windows, float(lr), int(epochs), new, cfg, "by_length" in options, loss)
-            model, cpu_s = update(*args_)
+            model, cpu_s = update(*args_, schedule)
             r = score(model) | {"train_cpu_s": cpu_s, "targets": sum(w.n_targets for w in windows)}
             r["next_gain_over_frozen"] = r["next_ndcg@10"] - results["frozen"]["next_ndcg@10"]
             results[name] = r

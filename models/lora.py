@@ -196,6 +196,8 @@ def batches(
 
 # ---- fine-tuning ------------------------------------------------------------------------------------
 
+LR_SCHEDULES = ("constant", "linear")
+
 
 @dataclass
 class FinetuneResult:
@@ -207,6 +209,7 @@ class FinetuneResult:
     cpu_seconds: float = 0.0
     val_scores: list[float] = field(default_factory=list)
     best_epoch: int = 0
+    lrs: list[float] = field(default_factory=list)  # the learning rate after each epoch's last step
 
 
 def finetune(
@@ -224,13 +227,18 @@ def finetune(
     patience: int = 1,
     n_uniform: int = 512,
     n_inbatch: int = 512,
+    schedule: str = "constant",
 ) -> FinetuneResult:
     """Train only the adapter's parameters (AdamW) on the windows' supervised targets; end in eval mode.
 
     With `validate` (a score of the model in eval mode, higher is better) run after each epoch, `epochs` is
     a maximum: training stops after `patience` epochs without a better score, and the adapter of the best
     epoch is restored (early stopping as in the FM's own training). `loss` is models.losses' name;
-    sampled_softmax draws `n_uniform` uniform and `n_inbatch` in-batch negatives per batch."""
+    sampled_softmax draws `n_uniform` uniform and `n_inbatch` in-batch negatives per batch. `schedule`:
+    constant lr, or linear (decays from lr to 0 over the steps of `epochs` epochs, the usual fine-tuning
+    schedule, e.g. transformers' default; an early stop ends it before 0)."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"schedule={schedule!r} is unknown: use one of {LR_SCHEDULES}")
     torch.manual_seed(seed)
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -238,11 +246,16 @@ def finetune(
     result, cpu0 = FinetuneResult(targets_per_epoch=sum(w.n_targets for w in windows)), time.process_time()
     base: HSTU = model.get_base_model()  # type: ignore[assignment]
     best: dict[str, torch.Tensor] | None = None
+    scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
     bar = tqdm(range(epochs), desc="lora", disable=not progress, leave=False)
     for _ in bar:
         model.train()
         total, n = 0.0, 0
-        for batch in batches(windows, batch_size, rng, by_length):
+        epoch_batches = list(batches(windows, batch_size, rng, by_length))
+        if scheduler is None and schedule == "linear":  # steps per epoch vary a little by_length
+            steps = epochs * len(epoch_batches)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s, n=steps: max(0.0, 1.0 - s / n))
+        for batch in epoch_batches:
             keep = batch.targets > 0
             hidden = model(batch.items, batch.timestamps)  # (B, T, D)
             value = next_item_loss(
@@ -258,8 +271,11 @@ def finetune(
             opt.zero_grad(set_to_none=True)
             value.backward()
             opt.step()
+            if scheduler is not None:
+                scheduler.step()
             total, n = total + float(value.detach()) * int(keep.sum()), n + int(keep.sum())
         result.losses.append(total / max(n, 1))
+        result.lrs.append(float(opt.param_groups[0]["lr"]))
         bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
         if validate is None:
             continue

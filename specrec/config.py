@@ -213,6 +213,7 @@ class ClockConfig:
 
 MODEL_KINDS = ("hstu", "sasrec")
 LOSSES = ("full_ce", "sampled_softmax")
+LR_SCHEDULES = ("constant", "linear")  # models.lora.LR_SCHEDULES (config does not import torch)
 
 
 @dataclass(frozen=True)
@@ -443,6 +444,8 @@ class LoraFinetuneConfig:
     # the update's next-item loss: full_ce (softmax over every item, as the base trains) | sampled_softmax
     # (the target against fm.train's in-batch and uniform negatives: a cheaper step, so more epochs fit)
     loss: str = "full_ce"
+    # constant | linear: lr decays linearly to 0 over `epochs` epochs' steps (an early stop ends it sooner)
+    lr_schedule: str = "constant"
     warm_start: bool = True  # start from the champion adapter when it was trained on the same base
     promote_metric: str = "ndcg@10"
     tolerance: float = 0.0  # the challenger is promoted when its holdout score > champion's - tolerance
@@ -465,6 +468,8 @@ class LoraFinetuneConfig:
         _require(1 <= self.min_events <= 10_000_000, "lora.min_events", self.min_events, "an integer >= 1")
         _require(0 < self.holdout_share < 1, "lora.holdout_share", self.holdout_share, "a share in (0, 1)")
         _require(self.loss in LOSSES, "lora.loss", self.loss, f"one of {LOSSES}")
+        ok = self.lr_schedule in LR_SCHEDULES
+        _require(ok, "lora.lr_schedule", self.lr_schedule, f"one of {LR_SCHEDULES}")
         _require(1 <= self.epochs <= 10_000, "lora.epochs", self.epochs, "an integer in [1, 10000]")
         _require(0 <= self.val_share < 0.5, "lora.val_share", self.val_share, "a share in [0, 0.5)")
         _require(1 <= self.patience <= 10_000, "lora.patience", self.patience, "an integer >= 1")

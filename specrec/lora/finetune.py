@@ -133,6 +133,7 @@ def train_adapter(
         patience=lc.patience,
         n_uniform=cfg.fm.train.n_uniform_negatives,
         n_inbatch=cfg.fm.train.n_inbatch_negatives,
+        schedule=lc.lr_schedule,
     )
     return model, result
 

@@ -181,6 +181,16 @@ def test_sampled_softmax_update_lowers_the_full_softmax_loss() -> None:
         lora.finetune(model, windows, 1, 0.02, 4, loss="bpr", progress=False)
 
 
+def test_linear_schedule_decays_the_rate_to_zero_over_the_epochs() -> None:
+    model = lora.wrap(_base(), lora.AdapterSpec(("f1", "f2"), 4, 8.0, 0.0, (55, 56)))
+    out = lora.finetune(model, _windows(), 4, 0.02, 4, progress=False, schedule="linear")
+    assert out.lrs == pytest.approx([0.015, 0.01, 0.005, 0.0])  # 4 batches an epoch, 16 steps in all
+    flat = lora.finetune(model, _windows(), 2, 0.02, 4, progress=False)
+    assert flat.lrs == [0.02, 0.02]
+    with pytest.raises(ValueError, match="'cosine'"):
+        lora.finetune(model, _windows(), 1, 0.02, 4, progress=False, schedule="cosine")
+
+
 def test_same_inputs_give_the_same_adapter() -> None:
     base = _base()
     torch.manual_seed(123)  # the global RNG state must not matter

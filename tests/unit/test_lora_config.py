@@ -35,6 +35,7 @@ def test_shipped_lora_section(root: Path) -> None:
         ({"val_share": 0.5}, "lora.val_share"),
         ({"patience": 0}, "lora.patience"),
         ({"loss": "bpr"}, "lora.loss"),
+        ({"lr_schedule": "cosine"}, "lora.lr_schedule"),
         ({"promote_metric": "mrr"}, "lora.promote_metric"),
         ({"supervise": "all"}, "lora.supervise"),
         ({"min_events": 0}, "lora.min_events"),
