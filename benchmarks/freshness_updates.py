@@ -135,10 +135,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--params", type=Path, default=REPO / "params.yaml")
     p.add_argument("--epochs", type=int, default=13, help="the frozen base's epoch budget (its cache key)")
     p.add_argument("--variants", nargs="*", default=VARIANTS, help="KIND:TARGETS:LR:EPOCHS (see above)")
+    p.add_argument("--seed", type=int, default=None, help="lora.seed for the updates (init, batches)")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     cfg = fb.recipe(load_config(args.params), args.epochs)
+    data_seed = cfg.lora.seed
+    if args.seed is not None:  # the updates' seed only: the frozen base and the cycle's data stay the same
+        cfg = dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, seed=args.seed))
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         cfg = fb.sequence_project(cfg, args.sequence, "1h", 2, Path(tmp), "end")
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         lc, max_len = cfg.lora, frozen.config.max_len
 
         def data(supervise: str) -> Any:
-            args_ = (known, cycle, clock.start, max_len, lc.holdout_share, lc.replay_share, lc.seed)
+            args_ = (known, cycle, clock.start, max_len, lc.holdout_share, lc.replay_share, data_seed)
             return cycle_data(*args_, supervise=supervise)
 
         new, whole = data("new"), data("window")
