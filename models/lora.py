@@ -254,7 +254,11 @@ def finetune(
         epoch_batches = list(batches(windows, batch_size, rng, by_length))
         if scheduler is None and schedule == "linear":  # steps per epoch vary a little by_length
             steps = epochs * len(epoch_batches)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s, n=steps: max(0.0, 1.0 - s / n))
+
+            def decay(step: int, n: int = steps) -> float:
+                return max(0.0, 1.0 - step / n)
+
+            scheduler = torch.optim.lr_scheduler.LambdaLR(opt, decay)
         for batch in epoch_batches:
             keep = batch.targets > 0
             hidden = model(batch.items, batch.timestamps)  # (B, T, D)
