@@ -62,3 +62,10 @@ def test_adapter_rows_are_new_items_and_with_cycle_item_rows_every_trained_on_it
     assert rows(True, False) == (7, 9)
     assert rows(True, True) == rows(False, True) == (3, 7, 9)  # (new items are among those trained on)
     assert rows(False, False) == ()
+
+
+def test_schedule_names_agree_with_the_training_loop() -> None:
+    from models.lora import LR_SCHEDULES
+    from specrec import config
+
+    assert config.LR_SCHEDULES == LR_SCHEDULES  # config validates what models.lora.finetune runs
