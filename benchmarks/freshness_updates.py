@@ -177,10 +177,18 @@ def main(argv: list[str] | None = None) -> None:
                 targets
             ]
             t0 = time.perf_counter()
-            loss = "sampled_softmax" if "sampled" in options else "full_ce"
-            schedule = "linear" if "linear" in options else "constant"
-            args_ = (frozen, kind, windows, float(lr), int(epochs), new, cfg, "by_length" in options, loss)
-            model, cpu_s = update(*args_, schedule)
+            model, cpu_s = update(
+                frozen,
+                kind,
+                windows,
+                float(lr),
+                int(epochs),
+                new,
+                cfg,
+                by_length="by_length" in options,
+                loss="sampled_softmax" if "sampled" in options else "full_ce",
+                schedule="linear" if "linear" in options else "constant",
+            )
             r = score(model) | {"train_cpu_s": cpu_s, "targets": sum(w.n_targets for w in windows)}
             r["next_gain_over_frozen"] = r["next_ndcg@10"] - results["frozen"]["next_ndcg@10"]
             results[name] = r
