@@ -73,6 +73,12 @@ GRID: dict[str, dict[str, Any]] = {
         | {"epochs": n, "val_share": 0.1, "patience": 1}
         for n in (3, 5)
     },
+    # every event since the base's cutoff is a new training event, not only the cycle's (a fresh adapter
+    # each cycle, or warm-started from the champion)
+    "since_cutoff": {"train_since": "base_cutoff"},
+    "since_cutoff,no_warm_start": {"train_since": "base_cutoff", "warm_start": False},
+    "since_cutoff,no_warm_start,replay=0.5": {"train_since": "base_cutoff", "warm_start": False, "replay_share": 0.5},
+    "since_cutoff,no_warm_start,epochs=8": {"train_since": "base_cutoff", "warm_start": False, "epochs": 8},
 }
 
 

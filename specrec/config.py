@@ -26,6 +26,7 @@ ARCHIVE_NAMES = ("ml-100k", "ml-1m", "ml-20m", "ml-25m", "ml-latest-small")
 TIMESTAMP_UNITS = ("s", "ms", "us", "ns", "iso")
 SEQUENCE_ALIGN = ("start", "end")  # data.sequence.align
 LORA_SUPERVISE = ("new", "window")  # lora.supervise
+LORA_TRAIN_SINCE = ("cycle", "base_cutoff")  # lora.train_since
 
 
 def _require(ok: bool, key: str, value: object, allowed: str) -> None:
@@ -427,6 +428,10 @@ class LoraFinetuneConfig:
     # new: the cycle's new events are the only targets of their windows | window: every position of those
     # windows is (the users' earlier events too, as in the base's training)
     supervise: str = "new"
+    # cycle: the new events are the cycle's | base_cutoff: every event since the base's training cutoff
+    # (the adapter then sees all that the base has not, however many cycles ago it was trained; replay
+    # and validation users are drawn relative to the same start)
+    train_since: str = "cycle"
     replay_share: float = 0.5  # share of training targets drawn from older history (experience replay)
     min_events: int = 50  # a cycle with fewer new training events is skipped, with the reason logged
     holdout_share: float = 0.2  # the newest share of the cycle's events: the gate's holdout
@@ -465,6 +470,8 @@ class LoraFinetuneConfig:
         _require(0 <= self.replay_share < 1, "lora.replay_share", self.replay_share, "a share in [0, 1)")
         ok = self.supervise in LORA_SUPERVISE
         _require(ok, "lora.supervise", self.supervise, f"one of {LORA_SUPERVISE}")
+        ok = self.train_since in LORA_TRAIN_SINCE
+        _require(ok, "lora.train_since", self.train_since, f"one of {LORA_TRAIN_SINCE}")
         _require(1 <= self.min_events <= 10_000_000, "lora.min_events", self.min_events, "an integer >= 1")
         _require(0 < self.holdout_share < 1, "lora.holdout_share", self.holdout_share, "a share in (0, 1)")
         _require(self.loss in LOSSES, "lora.loss", self.loss, f"one of {LOSSES}")

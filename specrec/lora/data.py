@@ -23,11 +23,13 @@ class CycleData:
 
     new_windows: list[Window]
     replay_windows: list[Window]
-    new_events: int  # training events of the cycle (targets of new_windows, users' first events aside)
+    # training events since the cycle's start (or the base's cutoff, train_since base_cutoff): the targets
+    # of new_windows, users' first events aside
+    new_events: int
     holdout: Cycle  # [holdout start, as_of): the newest events, scored by next_event_metrics
     holdout_events: int
     new_items: list[int]  # item_idx first seen in [cutoff, train end)
-    cycle_items: list[int] = field(default_factory=list)  # item_idx of the cycle's training events
+    cycle_items: list[int] = field(default_factory=list)  # item_idx of the new training events
     # users whose new events are held out of training to choose the epoch (val_share); their events in
     # val_span ([cycle start, holdout start)) are scored with `val_events` (those users' known events) as
     # history
@@ -121,26 +123,34 @@ def cycle_data(
     seed: int,
     supervise: str = "new",
     val_share: float = 0.0,
+    train_since: str = "cycle",
 ) -> CycleData:
     """Training windows (new + replay) and the holdout of the cycle ending at cycle.as_of (`supervise`: see
     new_event_windows); with `val_share`, that share of the users with new training events (drawn with
-    `seed`) is held out of the new windows to validate each epoch on."""
+    `seed`) is held out of the new windows to validate each epoch on.
+
+    The new training events are those in [start, holdout start), start being the cycle's start
+    (`train_since` cycle) or the base's training cutoff (`base_cutoff`); replay windows come from before
+    start. The holdout is the cycle's newest events either way."""
     if len(known) and known["timestamp"].max() >= cycle.as_of:
         raise ValueError(f"events at or after as_of {cycle.as_of.isoformat()} were passed to cycle_data")
+    if train_since not in ("cycle", "base_cutoff"):
+        raise ValueError(f"train_since {train_since!r}: use 'cycle' or 'base_cutoff'")
+    start = cutoff if train_since == "base_cutoff" else cycle.start
     in_cycle = known[known["timestamp"] >= cycle.start]
     hold_from = holdout_start(in_cycle, cycle, holdout_share)
     train = known[known["timestamp"] < hold_from]
-    active = np.unique(train.loc[train["timestamp"] >= cycle.start, "user_idx"].to_numpy())
+    active = np.unique(train.loc[train["timestamp"] >= start, "user_idx"].to_numpy())
     n_val = int(round(len(active) * val_share))
     val_users = (
         np.sort(np.random.default_rng(seed + 1).choice(active, n_val, replace=False)) if n_val else active[:0]
     )
     is_val = train["user_idx"].isin(val_users).to_numpy()
     fit = train[~is_val]
-    new, n_new = new_event_windows(fit, cycle.start, max_len, supervise)
+    new, n_new = new_event_windows(fit, start, max_len, supervise)
     n_new_targets = sum(w.n_targets for w in new)
     n_replay = int(round(n_new_targets * replay_share / (1 - replay_share)))
-    older = known[known["timestamp"] < cycle.start]
+    older = known[known["timestamp"] < start]
     replay = replay_windows(older, n_replay, max_len, np.random.default_rng(seed))
     return CycleData(
         new_windows=new,
@@ -149,8 +159,8 @@ def cycle_data(
         holdout=Cycle(cycle.index, hold_from, cycle.as_of),
         holdout_events=int((in_cycle["timestamp"] >= hold_from).sum()),
         new_items=new_items(train, cutoff),
-        cycle_items=sorted(int(i) for i in fit.loc[fit["timestamp"] >= cycle.start, "item_idx"].unique()),
+        cycle_items=sorted(int(i) for i in fit.loc[fit["timestamp"] >= start, "item_idx"].unique()),
         val_users=[int(u) for u in val_users],
         val_events=train[is_val] if n_val else None,
-        val_span=Cycle(cycle.index, cycle.start, hold_from) if n_val else None,
+        val_span=Cycle(cycle.index, start, hold_from) if n_val else None,
     )

@@ -193,6 +193,7 @@ def run_cycle(
         lc.seed,
         lc.supervise,
         lc.val_share,
+        lc.train_since,
     )
     max_len = base.config.max_len
     serving_base = score(base, known, data.holdout, max_len)

@@ -38,6 +38,7 @@ def test_shipped_lora_section(root: Path) -> None:
         ({"lr_schedule": "cosine"}, "lora.lr_schedule"),
         ({"promote_metric": "mrr"}, "lora.promote_metric"),
         ({"supervise": "all"}, "lora.supervise"),
+        ({"train_since": "yesterday"}, "lora.train_since"),
         ({"min_events": 0}, "lora.min_events"),
         ({"drift": {"clock": 0}}, "lora.drift.clock"),
         ({"drift": {"unknown": 1}}, "lora.drift.unknown"),

@@ -93,3 +93,25 @@ def test_events_at_or_after_as_of_are_refused() -> None:
     late = ev.iloc[[0]].assign(timestamp=CYCLE.as_of, event_id=10**6)
     with pytest.raises(ValueError, match="at or after as_of"):
         cycle_data(pd.concat([ev, late]), CYCLE, CUTOFF, 20, 0.2, 0.5, 0)
+
+
+def test_train_since_base_cutoff_takes_every_event_since_the_cutoff() -> None:
+    """train_since base_cutoff: the new events start at the base's cutoff (30 days before the cycle here);
+    replay comes from before the cutoff; the holdout is the cycle's newest events as with `cycle`."""
+    ev = _events(n_users=20)
+    cutoff = START - pd.Timedelta("30D")
+    cyc = cycle_data(ev, CYCLE, cutoff, 20, 0.2, 0.5, seed=0)
+    since = cycle_data(ev, CYCLE, cutoff, 20, 0.2, 0.5, seed=0, train_since="base_cutoff")
+    assert (since.holdout.start, since.holdout_events) == (cyc.holdout.start, cyc.holdout_events)
+    train = ev[(ev["timestamp"] >= cutoff) & (ev["timestamp"] < since.holdout.start)]
+    assert since.new_events == len(train) > cyc.new_events
+    first_of_user = ev.groupby("user_idx")["timestamp"].transform("min") == ev["timestamp"]
+    expected = train[~first_of_user.loc[train.index]]["timestamp"].astype("int64") // 1_000_000_000
+    assert _targets(since.new_windows) == sorted(expected.tolist())
+    cutoff_s = cutoff.value // 1_000_000_000
+    assert since.replay_windows and all(int(w.timestamps.max()) < cutoff_s for w in since.replay_windows)
+    assert since.cycle_items == sorted(set(train["item_idx"].tolist()))
+    val = cycle_data(ev, CYCLE, cutoff, 20, 0.2, 0.0, 0, val_share=0.25, train_since="base_cutoff")
+    assert val.val_span is not None and val.val_span.start == cutoff
+    with pytest.raises(ValueError, match="train_since 'week'"):
+        cycle_data(ev, CYCLE, cutoff, 20, 0.2, 0.5, 0, train_since="week")
