@@ -73,12 +73,30 @@ GRID: dict[str, dict[str, Any]] = {
         | {"epochs": n, "val_share": 0.1, "patience": 1}
         for n in (3, 5)
     },
-    # every event since the base's cutoff is a new training event, not only the cycle's (a fresh adapter
-    # each cycle, or warm-started from the champion)
-    "since_cutoff": {"train_since": "base_cutoff"},
-    "since_cutoff,no_warm_start": {"train_since": "base_cutoff", "warm_start": False},
-    "since_cutoff,no_warm_start,replay=0.5": {"train_since": "base_cutoff", "warm_start": False, "replay_share": 0.5},
-    "since_cutoff,no_warm_start,epochs=8": {"train_since": "base_cutoff", "warm_start": False, "epochs": 8},
+    # every event since the base's cutoff is a new training event, not only the cycle's (warm-started from
+    # the champion adapter or a fresh adapter each cycle); lr and warm start explicit, as params.yaml's
+    # changed with these results (benchmarks/results/freshness_tuning_since_cutoff.json)
+    "cycle,lr=0.004": {"train_since": "cycle", "lr": 0.004, "warm_start": True},
+    "cycle,lr=0.001": {"train_since": "cycle", "lr": 0.001, "warm_start": True},
+    **{
+        f"since_cutoff,lr={lr}": {"train_since": "base_cutoff", "lr": lr, "warm_start": True}
+        for lr in (0.001, 0.002, 0.004)
+    },
+    **{
+        f"since_cutoff,no_warm_start,lr={lr}{name}": {"train_since": "base_cutoff", "lr": lr}
+        | {"warm_start": False}
+        | o
+        for lr, name, o in (
+            (0.0005, "", {}),
+            (0.001, "", {}),
+            (0.002, "", {}),
+            (0.004, "", {}),
+            (0.004, ",replay=0.5", {"replay_share": 0.5}),
+            (0.004, ",epochs=8", {"epochs": 8}),
+            (0.004, ",new_item_rows_only", {"cycle_item_rows": False}),
+            (0.004, ",no_item_rows", {"cycle_item_rows": False, "new_item_rows": False}),
+        )
+    },
 }
 
 
@@ -121,6 +139,7 @@ def evaluate_setting(fb: Any, cfg: Config, frozen: Any, events: pd.DataFrame) ->
                     "events": len(ev.users),
                     **{f"{a}_ndcg@10": float(ev.ndcg(a).mean()) for a in models},
                     "lora_cpu_s": lrow["lora_cpu_s"],
+                    "lora_train_targets": lrow.get("lora_train_targets"),
                     "gate": lrow["lora_gate"],
                 }
             )

@@ -87,7 +87,7 @@ def test_gate_promotes_rejects_and_rollback(tiny: TinyProject, copy_dir: Path) -
     assert mlflow.get_run(again.run_id).data.tags["reason"] == again.reason != ""
     assert alias_version(client, adapters.ADAPTER_MODEL, CHAMPION) == first.adapter_version
 
-    cfg = _params(copy_dir, tolerance=0.99)
+    cfg = _params(copy_dir, tolerance=0.99, warm_start=True)
     second = run_cycle(cfg, CYCLE_2, progress=False)  # warm-started from the champion
     assert second.status == "promoted"
     assert mlflow.get_run(second.run_id).data.tags["warm_start_from"] == first.adapter_version
@@ -145,12 +145,19 @@ def test_too_few_events_skip_the_cycle(tiny: TinyProject, copy_dir: Path) -> Non
     run = mlflow.get_run(out.run_id)
     assert run.data.tags["status"] == "skipped" and run.data.metrics["skipped"] == 1.0
     assert set(METRIC_KEYS) <= set(run.data.metrics) and math.isnan(run.data.metrics["challenger_ndcg_at_10"])
+    # the new events counted (and trained on) are the cycle's with train_since cycle, every event since
+    # the base's cutoff with base_cutoff (two cycles earlier here)
+    just = _params(copy_dir, min_events=1_000_000, train_since="cycle")
+    n_cycle = run_cycle(just, CYCLE_3, progress=False).metrics["new_events"]
+    since = _params(copy_dir, min_events=1_000_000, train_since="base_cutoff")  # params.yaml's, left set
+    n_since = run_cycle(since, CYCLE_3, progress=False).metrics["new_events"]
+    assert n_since > n_cycle > 0
 
 
 def test_adapter_of_another_base_does_not_serve(tiny: TinyProject, copy_dir: Path) -> None:
     from specrec.fm.train import _log_model
 
-    cfg = _project(tiny, copy_dir, tolerance=0.99)
+    cfg = _project(tiny, copy_dir, tolerance=0.99, warm_start=True)
     client = mlflow.MlflowClient()
     if adapters.champion_adapter(client) is None:  # when this test runs on its own
         run_cycle(cfg, CYCLE_1, progress=False)
