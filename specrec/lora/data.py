@@ -15,6 +15,7 @@ import pandas as pd
 
 from models.lora import Window, user_windows
 from specrec.clock import Cycle
+from specrec.config import LORA_TRAIN_SINCE
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,8 @@ class CycleData:
     new_items: list[int]  # item_idx first seen in [cutoff, train end)
     cycle_items: list[int] = field(default_factory=list)  # item_idx of the new training events
     # users whose new events are held out of training to choose the epoch (val_share); their events in
-    # val_span ([cycle start, holdout start)) are scored with `val_events` (those users' known events) as
-    # history
+    # val_span ([start of the new events, holdout start)) are scored with `val_events` (those users'
+    # known events) as history
     val_users: list[int] = field(default_factory=list)
     val_events: pd.DataFrame | None = None
     val_span: Cycle | None = None
@@ -134,8 +135,8 @@ def cycle_data(
     start. The holdout is the cycle's newest events either way."""
     if len(known) and known["timestamp"].max() >= cycle.as_of:
         raise ValueError(f"events at or after as_of {cycle.as_of.isoformat()} were passed to cycle_data")
-    if train_since not in ("cycle", "base_cutoff"):
-        raise ValueError(f"train_since {train_since!r}: use 'cycle' or 'base_cutoff'")
+    if train_since not in LORA_TRAIN_SINCE:
+        raise ValueError(f"train_since {train_since!r}: use one of {LORA_TRAIN_SINCE}")
     start = cutoff if train_since == "base_cutoff" else cycle.start
     in_cycle = known[known["timestamp"] >= cycle.start]
     hold_from = holdout_start(in_cycle, cycle, holdout_share)
