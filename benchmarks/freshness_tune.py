@@ -83,9 +83,12 @@ GRID: dict[str, dict[str, Any]] = {
         for lr in (0.001, 0.002, 0.004)
     },
     **{
-        f"since_cutoff,no_warm_start,lr={lr}{name}": {"train_since": "base_cutoff", "lr": lr}
-        | {"warm_start": False}
-        | o
+        f"since_cutoff,no_warm_start,lr={lr}{name}": {
+            "train_since": "base_cutoff",
+            "lr": lr,
+            "warm_start": False,
+            **o,
+        }
         for lr, name, o in (
             (0.0005, "", {}),
             (0.001, "", {}),
