@@ -100,6 +100,20 @@ GRID: dict[str, dict[str, Any]] = {
             (0.004, ",no_item_rows", {"cycle_item_rows": False, "new_item_rows": False}),
         )
     },
+    # around since_cutoff,lr=0.001 with warm start (params.yaml since 2026-11-30): more steps, a larger
+    # rank, more or no replay, a lower or constant rate
+    **{
+        f"since_cutoff,lr=0.001{name}": {"train_since": "base_cutoff", "lr": 0.001, "warm_start": True, **o}
+        for name, o in (
+            (",epochs=8", {"epochs": 8}),
+            (",epochs=8,patience=2", {"epochs": 8, "patience": 2}),
+            (",r=16", {"r": 16, "alpha": 32.0}),
+            (",replay=0.25", {"replay_share": 0.25}),
+            (",replay=0", {"replay_share": 0.0}),
+            (",constant", {"lr_schedule": "constant"}),
+        )
+    },
+    "since_cutoff,lr=0.0005": {"train_since": "base_cutoff", "lr": 0.0005, "warm_start": True},
 }
 
 
@@ -157,6 +171,28 @@ def evaluate_setting(fb: Any, cfg: Config, frozen: Any, events: pd.DataFrame) ->
     }
 
 
+def full_reference(fb: Any, cfg: Config, frozen: Any, events: pd.DataFrame, cache: Path) -> dict[str, Any]:
+    """The daily full retrain on the same validation cycles (the benchmark's recipe, cached): the gain a
+    setting's is a share of, as the issue's gain_recovered."""
+    cycles = ReplayClock.from_config(cfg.clock).cycles()
+    rows = []
+    for cycle, nxt in zip(cycles[:-1], cycles[1:], strict=True):
+        full = fb.train_fm_recipe(cfg, events[events["timestamp"] < cycle.as_of], cache)
+        models = {"frozen": frozen.model, "full": full.model}
+        ev = fb.EvalSet(target_users(events, nxt), {a: fb.ranks(m, events, nxt) for a, m in models.items()})
+        rows.append(
+            {
+                "as_of": cycle.name,
+                **{f"{a}_ndcg@10": float(ev.ndcg(a).mean()) for a in ("frozen", "full")},
+                "full_cpu_s": full.cpu_s,
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    gain = [r["full_ndcg@10"] - r["frozen_ndcg@10"] for r in rows]
+    cpu_s = float(sum(r["full_cpu_s"] for r in rows))
+    return {"mean_gain": float(np.mean(gain)), "full_cpu_s": cpu_s, "cycles": rows}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Train (or load) the validation base, run every setting, write the ranking."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -166,6 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", nargs="*", default=None, help=f"settings to run, of {list(GRID)}")
     p.add_argument("--cache", type=Path, default=None, help="trained-FM cache (default: the benchmark's)")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument(
+        "--full", action="store_true", help="also train the daily full retrain of every validation cycle"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     fb = bench()
@@ -174,8 +213,9 @@ def main(argv: list[str] | None = None) -> None:
     events = read_parquet(cfg.path(cfg.paths.prepared) / "interactions.parquet", "prepared interactions")
     start = ReplayClock.from_config(cfg.clock).start
     frozen = fb.train_fm_recipe(cfg, events[events["timestamp"] < start], args.cache or fb.CACHE)
+    full = full_reference(fb, cfg, frozen, events, args.cache or fb.CACHE) if args.full else None
     results: dict[str, Any] = {}
-    for name in args.only or list(GRID):
+    for name in args.only if args.only is not None else list(GRID):
         t0 = time.perf_counter()
         lcfg = dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, **GRID[name]))
         results[name] = evaluate_setting(fb, lcfg, frozen, events) | {"overrides": GRID[name]}
@@ -194,12 +234,19 @@ def main(argv: list[str] | None = None) -> None:
         "commands": ["python " + " ".join(shlex.quote(a) for a in sys.argv)],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.out.exists() and args.only:  # keep earlier settings' results
+    if args.out.exists() and args.only is not None:  # keep earlier settings' results
         old = json.loads(args.out.read_text())
         if old.get("validation_clock") == out["validation_clock"]:
             out["settings"] = old["settings"] | results
             out["commands"] = old.get("commands", [old.get("command")]) + out["commands"]
             out["ranking"] = sorted(out["settings"], key=lambda n: -out["settings"][n]["mean_gain"])
+            if full is None and "full_retrain" in old:
+                full = old["full_retrain"]
+    if full is not None:
+        out["full_retrain"] = full
+        for r in out["settings"].values():  # the issue's ratios, on the validation cycles
+            r["gain_recovered"] = r["mean_gain"] / full["mean_gain"] if full["mean_gain"] else None
+            r["compute_ratio"] = r["lora_cpu_s"] / full["full_cpu_s"]
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print("ranking:", out["ranking"])
 
