@@ -19,8 +19,6 @@ ROOT = Path(__file__).resolve().parents[2]
 START = pd.Timestamp("2018-01-01", tz="UTC")
 
 
-
-
 def test_target_users_line_up_with_the_scored_events() -> None:
     rng = np.random.default_rng(0)
     n = 400
@@ -52,7 +50,8 @@ def _set(bench: Any, users: list[int], **ranks: list[int]) -> Any:
 def _row(s: Any, arms: tuple[str, ...]) -> dict[str, Any]:
     """A benchmark row of one cycle: per-arm means and CPU seconds."""
     means = {f"{a}_{m}@10": float(getattr(s, m)(a).mean()) for a in arms for m in ("ndcg", "hr")}
-    return means | {"lora_cpu_s": 1.0, "full_cpu_s": 20.0, "lora_gate": "promoted"}
+    cpu = {"lora_cpu_s": 1.0, "full_cpu_s": 20.0, "full_cpu_s_recorded": 25.0}
+    return means | cpu | {"lora_gate": "promoted"}
 
 
 def test_bootstrap_resamples_users_and_ratios() -> None:
@@ -84,4 +83,5 @@ def test_bootstrap_resamples_users_and_ratios() -> None:
     rows = [_row(s, bench.ARMS + bench.REFERENCES) for s in sets]
     summary = bench.summarise(rows, sets, n_boot=100)
     assert summary["gain_recovered"] == 0.5 and summary["compute_ratio"] == 0.05
+    assert summary["compute_ratio_recorded"] == 0.04
     assert summary["pooled_gain_recovered"] == 0.5 and summary["events_scored"] == 16
