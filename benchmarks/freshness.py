@@ -219,11 +219,11 @@ def train_fm_recipe(cfg: Config, known: pd.DataFrame, cache: Path) -> Trained:
     return Trained(model.eval(), folder, meta | {"cached": False})
 
 
-def retrain_cpu_now(cfg: Config, known: pd.DataFrame, epochs: int) -> dict[str, float]:
-    """Process CPU seconds an `epochs`-epoch retrain of the FM recipe on `known` costs now, from two epochs
-    of it trained here: a cached retrain's CPU seconds were measured on another day, and this machine's
-    CPU seconds drift by the hour. The first epoch carries the one-off costs; the second is the steady
-    epoch, so the retrain is the two epochs' cost plus `epochs - 2` steady epochs."""
+def retrain_cpu_now(cfg: Config, known: pd.DataFrame) -> dict[str, float]:
+    """Process CPU seconds of two epochs of the FM recipe on `known`, trained now, and of the second alone:
+    a cached retrain's CPU seconds were measured on another day, and this machine's CPU seconds drift by
+    the hour. The first epoch carries the one-off costs and the second is the steady epoch, so an n-epoch
+    retrain costs the two epochs plus n - 2 steady ones."""
     from specrec.lora.retrain import train_base
 
     marks: list[float] = []
@@ -235,8 +235,7 @@ def retrain_cpu_now(cfg: Config, known: pd.DataFrame, epochs: int) -> dict[str, 
             progress=False,
             on_epoch=lambda _: marks.append(time.process_time()),
         )
-    steady = marks[1] - marks[0]
-    return {"two_epochs_cpu_s": two, "epoch_cpu_s": steady, "cpu_s": two + (epochs - 2) * steady}
+    return {"two_epochs_cpu_s": two, "epoch_cpu_s": marks[1] - marks[0]}
 
 
 # ---- arm (b): the daily LoRA flow's code path on a throw-away MLflow store --------------------------------
@@ -398,71 +397,139 @@ def paired_bootstrap(sets: list[EvalSet], n_boot: int, seed: int = 0) -> dict[st
 # ---- the run ---------------------------------------------------------------------------------------------
 
 
+def seeded(cfg: Config, offset: int) -> Config:
+    """cfg with the FM recipe's seed and the adapter's seed moved by `offset` (offset 0: cfg itself)."""
+    train = dataclasses.replace(cfg.fm.train, seed=cfg.fm.train.seed + offset)
+    return dataclasses.replace(
+        cfg,
+        fm=dataclasses.replace(cfg.fm, train=train),
+        lora=dataclasses.replace(cfg.lora, seed=cfg.lora.seed + offset),
+    )
+
+
+def mean_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One cycle's rows of several seeds as one: numbers averaged, other values kept if equal, else listed."""
+    out: dict[str, Any] = {}
+    for key in rows[0]:
+        values = [r[key] for r in rows]
+        if all(v == values[0] for v in values):
+            out[key] = values[0]
+        elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            out[key] = float(np.mean(values))
+        else:
+            out[key] = values
+    return out
+
+
 def run(
-    cfg: Config, n_compare: int, cache: Path, n_boot: int, progress: bool = True, cached_only: bool = False
+    cfg: Config,
+    n_compare: int,
+    cache: Path,
+    n_boot: int,
+    progress: bool = True,
+    cached_only: bool = False,
+    seeds: int = 1,
 ) -> dict[str, Any]:
     """Frozen base once, then per cycle the daily LoRA step and the full retrain; all scored on the next.
 
-    cached_only: compare only the cycles whose full retrain is already in the cache (the LoRA chain still
-    runs through every cycle); the others are listed under `not_compared`.
+    seeds: repeat the comparison with the FM recipe's (and the adapter's) seed moved by 0 .. seeds-1: every
+    arm's training noise averages out; per cycle the scored events of every seed form one set, so the
+    bootstrap resamples a user with all their events across seeds. The `reseeded` reference of seed k is
+    the frozen base of seed k+1.
+    cached_only: compare only the cycles whose full retrains (of every seed) are already in the cache (the
+    LoRA chain still runs through every cycle); the others are listed under `not_compared`.
     """
     from tqdm import tqdm
 
     events = read_parquet(cfg.path(cfg.paths.prepared) / "interactions.parquet", "prepared interactions")
     clock = ReplayClock.from_config(cfg.clock)
     history = events[events["timestamp"] < clock.start]
-    frozen = train_fm_recipe(cfg, history, cache)
-    reseed = dataclasses.replace(cfg.fm.train, seed=cfg.fm.train.seed + 1)
-    other_seed = dataclasses.replace(cfg, fm=dataclasses.replace(cfg.fm, train=reseed))
-    reseeded = train_fm_recipe(other_seed, history, cache)
-    rows: list[dict[str, Any]] = []
-    sets: list[EvalSet] = []
-    not_compared: list[dict[str, Any]] = []
+    frozen = [train_fm_recipe(seeded(cfg, k), history, cache) for k in range(seeds + 1)]
     cycles = clock.cycles()[: n_compare + 1]
-    with tempfile.TemporaryDirectory() as tmp, mlflow_store(Path(tmp)):
-        lcfg = lora_project(cfg, Path(tmp))
-        register_champion(Path(tmp), frozen, clock.start)
-        for cycle, nxt in tqdm(
-            list(zip(cycles[:-1], cycles[1:], strict=True)), desc="cycles", disable=not progress
-        ):
-            known = events[events["timestamp"] < cycle.as_of]
-            served, challenger, lora_row = lora_step(lcfg, cycle)
-            if cached_only and not (cache / cache_key(cfg, known) / "meta.json").exists():
-                not_compared.append({"as_of": cycle.name, "reason": "no cached full retrain"} | lora_row)
-                print(json.dumps(not_compared[-1]), flush=True)
-                continue
-            full = train_fm_recipe(cfg, known, cache)
-            # the retrain's cost measured beside the adapter's
-            full_now = retrain_cpu_now(cfg, known, full.meta["epochs"])
-            models = {"frozen": frozen.model, "lora": served, "full": full.model}
-            models |= {"challenger": challenger or frozen.model, "reseeded": reseeded.model}
-            ev = EvalSet(target_users(events, nxt), {arm: ranks(m, events, nxt) for arm, m in models.items()})
-            sets.append(ev)
-            rows.append(
-                {
-                    "as_of": cycle.name,
-                    "evaluated_on": nxt.name,
-                    **{f"{a}_{m}@10": float(getattr(ev, m)(a).mean()) for a in ARMS for m in ("ndcg", "hr")},
-                    **{f"{a}_ndcg@10": float(ev.ndcg(a).mean()) for a in REFERENCES},
-                    "full_cpu_s": full_now["cpu_s"],
-                    "full_cpu_s_recorded": full.cpu_s,
-                    "full_two_epochs_cpu_s": full_now["two_epochs_cpu_s"],
-                    "full_epoch_cpu_s": full_now["epoch_cpu_s"],
-                    **lora_row,
-                    "events_scored": len(ev.users),
-                    "users_scored": len(np.unique(ev.users)),
-                    **target_mix(events, nxt, clock.start),
-                    "full_epochs": full.meta["epochs"],
-                    "full_best_epoch": full.meta["best_epoch"],
-                    "full_cached": full.meta["cached"],
-                }
-            )
-            print(json.dumps(rows[-1]), flush=True)
+    pairs = list(zip(cycles[:-1], cycles[1:], strict=True))
+
+    def cached(cycle: Cycle) -> bool:
+        known = events[events["timestamp"] < cycle.as_of]
+        return all((cache / cache_key(seeded(cfg, k), known) / "meta.json").exists() for k in range(seeds))
+
+    compared = {c.name: not cached_only or cached(c) for c, _ in pairs}
+    runs: list[dict[str, Any]] = []
+    by_cycle: dict[str, list[EvalSet]] = {}
+    not_compared: list[dict[str, Any]] = []
+    calibration: dict[str, dict[str, float]] = {}  # per cycle: the retrain's epoch costs measured now
+    bar = tqdm(total=seeds * len(pairs), desc="cycles", disable=not progress)
+    for k in range(seeds):
+        scfg = seeded(cfg, k)
+        with tempfile.TemporaryDirectory() as tmp, mlflow_store(Path(tmp)):
+            lcfg = lora_project(scfg, Path(tmp))
+            register_champion(Path(tmp), frozen[k], clock.start)
+            for cycle, nxt in pairs:
+                bar.update()
+                known = events[events["timestamp"] < cycle.as_of]
+                served, challenger, lora_row = lora_step(lcfg, cycle)
+                if not compared[cycle.name]:
+                    reason = "no cached full retrain"
+                    not_compared.append(
+                        {"as_of": cycle.name, "fm_seed_offset": k, "reason": reason} | lora_row
+                    )
+                    print(json.dumps(not_compared[-1]), flush=True)
+                    continue
+                full = train_fm_recipe(scfg, known, cache)
+                # the retrain's cost measured beside the adapter's (once per cycle: the same events)
+                if cycle.name not in calibration:
+                    calibration[cycle.name] = retrain_cpu_now(scfg, known)
+                cal = calibration[cycle.name]
+                full_cpu = cal["two_epochs_cpu_s"] + (full.meta["epochs"] - 2) * cal["epoch_cpu_s"]
+                models = {"frozen": frozen[k].model, "lora": served, "full": full.model}
+                models |= {"challenger": challenger or frozen[k].model, "reseeded": frozen[k + 1].model}
+                ranks_ = {arm: ranks(m, events, nxt) for arm, m in models.items()}
+                ev = EvalSet(target_users(events, nxt), ranks_)
+                by_cycle.setdefault(cycle.name, []).append(ev)
+                runs.append(
+                    {
+                        "as_of": cycle.name,
+                        "evaluated_on": nxt.name,
+                        "fm_seed_offset": k,
+                        **{
+                            f"{a}_{m}@10": float(getattr(ev, m)(a).mean())
+                            for a in ARMS
+                            for m in ("ndcg", "hr")
+                        },
+                        **{f"{a}_ndcg@10": float(ev.ndcg(a).mean()) for a in REFERENCES},
+                        "full_cpu_s": full_cpu,
+                        "full_cpu_s_recorded": full.cpu_s,
+                        "full_two_epochs_cpu_s": cal["two_epochs_cpu_s"],
+                        "full_epoch_cpu_s": cal["epoch_cpu_s"],
+                        **lora_row,
+                        "events_scored": len(ev.users),
+                        "users_scored": len(np.unique(ev.users)),
+                        **target_mix(events, nxt, clock.start),
+                        "full_epochs": full.meta["epochs"],
+                        "full_best_epoch": full.meta["best_epoch"],
+                        "full_cached": full.meta["cached"],
+                    }
+                )
+                print(json.dumps(runs[-1]), flush=True)
+    bar.close()
+    sets = [merge_sets(group) for group in by_cycle.values()]
+    order = list(by_cycle)
+    rows = [mean_rows([r for r in runs if r["as_of"] == name]) for name in order]
     keys = ("cpu_s", "epochs", "best_epoch", "stopped", "val_ndcg@10_by_epoch")
     bases = {
-        f"{n}_base": {k: t.meta[k] for k in keys} for n, t in (("frozen", frozen), ("reseeded", reseeded))
+        f"{n}_base": {k: t.meta[k] for k in keys} for n, t in (("frozen", frozen[0]), ("reseeded", frozen[1]))
     }
-    return {"cycles": rows, "not_compared": not_compared} | bases | summarise(rows, sets, n_boot)
+    extra = {"seed_runs": runs, "fm_seeds": [seeded(cfg, k).fm.train.seed for k in range(seeds)]}
+    summary = summarise(runs, sets, n_boot)
+    summary["events_scored"] = int(sum(r["events_scored"] for r in rows))  # each seed scores the same events
+    return {"cycles": rows, "not_compared": not_compared} | bases | extra | summary
+
+
+def merge_sets(group: list[EvalSet]) -> EvalSet:
+    """One cycle's scored events of every seed as one set (a user's events of all seeds together)."""
+    return EvalSet(
+        np.concatenate([s.users for s in group]),
+        {arm: np.concatenate([s.ranks[arm] for s in group]) for arm in group[0].ranks},
+    )
 
 
 def summarise(rows: list[dict[str, Any]], sets: list[EvalSet], n_boot: int) -> dict[str, Any]:
@@ -589,6 +656,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="override params.yaml's lora settings for the LoRA arm, e.g. supervise=window lr=0.001",
     )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="repeat every arm with the FM recipe's and the adapter's seed moved by 0..N-1 and average "
+        "(the training noise of one seed is as large as the gains on ml-latest-small)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--bootstrap", type=int, default=2000, help="paired bootstrap resamples")
     p.add_argument("--cache", type=Path, default=CACHE, help="folder of trained FMs (reused by key)")
@@ -611,15 +685,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def fill_cache(cfg: Config, cycles: list[int], cache: Path) -> None:
-    """Train the full retrains at the given cycles (1-based) into the cache."""
+def fill_cache(cfg: Config, cycles: list[int], cache: Path, seeds: int = 1) -> None:
+    """Train the full retrains at the given cycles (1-based) of every seed into the cache."""
     events = read_parquet(cfg.path(cfg.paths.prepared) / "interactions.parquet", "prepared interactions")
     clock = ReplayClock.from_config(cfg.clock).cycles()
     for k in cycles:
         if not 1 <= k <= len(clock):
             raise SystemExit(f"--train-only {k}: the clock has cycles 1..{len(clock)}")
-        trained = train_fm_recipe(cfg, events[events["timestamp"] < clock[k - 1].as_of], cache)
-        print(f"cycle {k} ({clock[k - 1].name}): {trained.folder} {trained.cpu_s:.0f} CPU s", flush=True)
+        for offset in range(seeds):
+            known = events[events["timestamp"] < clock[k - 1].as_of]
+            trained = train_fm_recipe(seeded(cfg, offset), known, cache)
+            print(
+                f"cycle {k} ({clock[k - 1].name}), seed offset {offset}: {trained.folder} "
+                f"{trained.cpu_s:.0f} CPU s",
+                flush=True,
+            )
 
 
 def lora_overrides(cfg: Config, pairs: list[str]) -> Config:
@@ -646,8 +726,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     cfg = lora_overrides(load_config(args.params), args.lora)
     epochs = args.epochs or champion_epochs(cfg)
+    if args.seeds < 1:
+        raise SystemExit(f"error: --seeds {args.seeds}: give 1 or more seeds to average over")
     if args.train_only:
-        fill_cache(recipe(cfg, epochs), args.train_only, args.cache)
+        fill_cache(recipe(cfg, epochs), args.train_only, args.cache, args.seeds)
         return
     with tempfile.TemporaryDirectory() as tmp:
         n_cycles = cfg.clock.cycles
@@ -661,7 +743,14 @@ def main(argv: list[str] | None = None) -> None:
             )
         n_compare = min(args.cycles or n_cycles - 1, n_cycles - 1)
         wall0 = time.perf_counter()
-        result = run(recipe(cfg, epochs), n_compare, args.cache, args.bootstrap, cached_only=args.cached_only)
+        result = run(
+            recipe(cfg, epochs),
+            n_compare,
+            args.cache,
+            args.bootstrap,
+            cached_only=args.cached_only,
+            seeds=args.seeds,
+        )
     result["wall_seconds"] = time.perf_counter() - wall0
     result["setup"] = {
         "fm": dataclasses.asdict(recipe(cfg, epochs).fm),
