@@ -464,7 +464,6 @@ def run(
             lcfg = lora_project(scfg, Path(tmp))
             register_champion(Path(tmp), frozen[k], clock.start)
             for cycle, nxt in pairs:
-                bar.update()
                 known = events[events["timestamp"] < cycle.as_of]
                 served, challenger, lora_row = lora_step(lcfg, cycle)
                 if not compared[cycle.name]:
@@ -473,6 +472,7 @@ def run(
                         {"as_of": cycle.name, "fm_seed_offset": k, "reason": reason} | lora_row
                     )
                     print(json.dumps(not_compared[-1]), flush=True)
+                    bar.update()
                     continue
                 full = train_fm_recipe(scfg, known, cache)
                 # the retrain's cost measured beside the adapter's (once per cycle: the same events)
@@ -510,6 +510,7 @@ def run(
                     }
                 )
                 print(json.dumps(runs[-1]), flush=True)
+                bar.update()
     bar.close()
     sets = [merge_sets(group) for group in by_cycle.values()]
     order = list(by_cycle)
