@@ -240,6 +240,8 @@ def main(argv: list[str] | None = None) -> None:
             out["settings"] = old["settings"] | results
             out["commands"] = old.get("commands", [old.get("command")]) + out["commands"]
             out["ranking"] = sorted(out["settings"], key=lambda n: -out["settings"][n]["mean_gain"])
+            if "note" in old:
+                out["note"] = old["note"]
             if full is None and "full_retrain" in old:
                 full = old["full_retrain"]
     if full is not None:
