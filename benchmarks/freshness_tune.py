@@ -9,6 +9,8 @@ Settings are params.yaml `lora` overrides, one at a time around the current valu
 
     python benchmarks/freshness_tune.py                      # every setting, 8 validation comparisons
     python benchmarks/freshness_tune.py --only params lr=0.01
+    python benchmarks/freshness_tune.py --full --only        # + the daily full retrain of each cycle, so
+                                                             # every setting gets gain_recovered there
 """
 
 from __future__ import annotations
