@@ -116,6 +116,25 @@ GRID: dict[str, dict[str, Any]] = {
         )
     },
     "since_cutoff,lr=0.0005": {"train_since": "base_cutoff", "lr": 0.0005, "warm_start": True},
+    # on ml-latest-small 10% of the users active since the cutoff is 1-5 validation users, and early
+    # stopping on them mostly keeps epoch 1: a fixed number of epochs instead (no validation users), or
+    # a larger gate holdout (with train_since base_cutoff the cycle's newest events are little of the data)
+    **{
+        f"since_cutoff,lr={lr},epochs={n},no_val": {
+            "train_since": "base_cutoff",
+            "lr": lr,
+            "warm_start": True,
+            "epochs": n,
+            "val_share": 0.0,
+        }
+        for lr, n in ((0.001, 2), (0.001, 3), (0.002, 2))
+    },
+    "since_cutoff,lr=0.001,holdout=0.5": {
+        "train_since": "base_cutoff",
+        "lr": 0.001,
+        "warm_start": True,
+        "holdout_share": 0.5,
+    },
 }
 
 
