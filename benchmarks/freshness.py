@@ -514,7 +514,10 @@ def run(
     bar.close()
     sets = [merge_sets(group) for group in by_cycle.values()]
     order = list(by_cycle)
-    rows = [mean_rows([r for r in runs if r["as_of"] == name]) for name in order]
+    rows = []
+    for name in order:
+        row = mean_rows([r for r in runs if r["as_of"] == name])
+        rows.append({k: v for k, v in row.items() if k != "fm_seed_offset"} | {"seeds": seeds})
     keys = ("cpu_s", "epochs", "best_epoch", "stopped", "val_ndcg@10_by_epoch")
     bases = {
         f"{n}_base": {k: t.meta[k] for k in keys} for n, t in (("frozen", frozen[0]), ("reseeded", frozen[1]))

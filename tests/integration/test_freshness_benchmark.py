@@ -76,6 +76,7 @@ def test_arms_are_the_pipeline_paths(tiny: TinyProject, tmp_path: Path) -> None:
         assert two["cycles"][0][key] == pytest.approx((runs[0][key] + runs[1][key]) / 2), key
     assert runs[1]["frozen_ndcg@10"] == row["reseeded_ndcg@10"]  # seed offset 1's base is the reseeded one
     assert two["events_scored"] == row["events_scored"] and two["cycles"][0]["as_of"] == row["as_of"]
+    assert two["cycles"][0]["seeds"] == 2 and "fm_seed_offset" not in two["cycles"][0]
     assert len(list((tmp_path / "cache").iterdir())) == 5  # + the full retrain of offset 1, the base of 2
 
 
