@@ -22,8 +22,10 @@ All arms are scored on the same events: every event of the next cycle whose user
 (`train_cpu_s` of run_cycle) and the full retrain's optimisation with its per-epoch validation; data
 preparation, gate scoring and MLflow are reported apart. gain_recovered = mean(lora - frozen) /
 mean(full - frozen) over cycles' NDCG@10 (the issue's formula); compute_ratio = sum(lora CPU) / sum(full
-CPU). As the per-cycle samples are small (a few hundred events of 5-17 users), a paired bootstrap that
-resamples users within each cycle gives 95% intervals for both gains, their difference and the ratio.
+CPU), the retrain's CPU measured in the same run (two epochs of its recipe beside the adapter; a cached
+retrain's recorded seconds are from another day). As the per-cycle samples are small (a few hundred
+events of 5-17 users), a paired bootstrap that resamples users within each cycle gives 95% intervals for
+both gains, their difference and the ratio.
 
 Trained FMs are cached under --cache (keyed by the recipe and the exact training events; the CPU
 seconds recorded are those of the run that trained them), so the LoRA arm can be rerun cheaply.
@@ -32,6 +34,7 @@ and logs them to the MLflow experiment `freshness-benchmark`.
 
     python benchmarks/freshness.py                        # ml-latest-small, all replay cycles
     python benchmarks/freshness.py --cycles 2             # the first 2 comparisons only
+    python benchmarks/freshness.py --epochs 13 --seeds 3 --cached-only   # every arm over 3 FM seeds
     python benchmarks/freshness.py --sequence ../shared/data/amazon/Toys_and_Games.txt --cycles 2
 """
 
