@@ -67,16 +67,16 @@ def test_arms_are_the_pipeline_paths(tiny: TinyProject, tmp_path: Path) -> None:
         assert again[key] == row[key], key
 
     # two seeds: every arm again with the recipe's and the adapter's seeds moved by one, averaged per cycle
-    two = fb.run(cfg, 1, tmp_path / "cache", n_boot=50, progress=False, seeds=2)
-    runs = two["seed_runs"]
+    both = fb.run(cfg, 1, tmp_path / "cache", n_boot=50, progress=False, seeds=2)
+    runs = both["seed_runs"]
     assert [r["fm_seed_offset"] for r in runs] == [0, 1]
-    assert two["fm_seeds"] == [cfg.fm.train.seed, cfg.fm.train.seed + 1]
+    assert both["fm_seeds"] == [cfg.fm.train.seed, cfg.fm.train.seed + 1]
     for key in ("frozen_ndcg@10", "full_ndcg@10", "lora_ndcg@10"):
         assert runs[0][key] == row[key], key
-        assert two["cycles"][0][key] == pytest.approx((runs[0][key] + runs[1][key]) / 2), key
+        assert both["cycles"][0][key] == pytest.approx((runs[0][key] + runs[1][key]) / 2), key
     assert runs[1]["frozen_ndcg@10"] == row["reseeded_ndcg@10"]  # seed offset 1's base is the reseeded one
-    assert two["events_scored"] == row["events_scored"] and two["cycles"][0]["as_of"] == row["as_of"]
-    assert two["cycles"][0]["seeds"] == 2 and "fm_seed_offset" not in two["cycles"][0]
+    assert both["events_scored"] == row["events_scored"] and both["cycles"][0]["as_of"] == row["as_of"]
+    assert both["cycles"][0]["seeds"] == 2 and "fm_seed_offset" not in both["cycles"][0]
     assert len(list((tmp_path / "cache").iterdir())) == 5  # + the full retrain of offset 1, the base of 2
 
 
