@@ -11,6 +11,7 @@ Settings are params.yaml `lora` overrides, one at a time around the current valu
     python benchmarks/freshness_tune.py --only params lr=0.01
     python benchmarks/freshness_tune.py --full --only        # + the daily full retrain of each cycle, so
                                                              # every setting gets gain_recovered there
+    python benchmarks/freshness_tune.py --seeds 3 --full --only params   # every arm over 3 FM seeds
 """
 
 from __future__ import annotations
@@ -214,6 +215,27 @@ def full_reference(fb: Any, cfg: Config, frozen: Any, events: pd.DataFrame, cach
     return {"mean_gain": float(np.mean(gain)), "full_cpu_s": cpu_s, "cycles": rows}
 
 
+def combine_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """A setting's (or the full retrain's) results over several FM seeds: gains and CPU seconds averaged
+    per seed, promotions summed; each seed's own result under `per_seed`. One seed: its result as is."""
+    if len(per_seed) == 1:
+        return per_seed[0]
+    out: dict[str, Any] = {}
+    for key in ("mean_gain", "mean_gain_ungated", "lora_cpu_s", "full_cpu_s"):
+        if key in per_seed[0]:
+            out[key] = float(np.mean([r[key] for r in per_seed]))
+    if "promotions" in per_seed[0]:
+        out["promotions"] = int(sum(r["promotions"] for r in per_seed))
+    # the spread of one (seed, cycle) comparison's gain, and the standard error of their mean
+    gains = [
+        c.get("lora_ndcg@10", c.get("full_ndcg@10", 0.0)) - c["frozen_ndcg@10"]
+        for r in per_seed
+        for c in r["cycles"]
+    ]
+    out["gain_se"] = float(np.std(gains, ddof=1) / np.sqrt(len(gains)))
+    return out | {"per_seed": per_seed}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Train (or load) the validation base, run every setting, write the ranking."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -226,30 +248,57 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--full", action="store_true", help="also train the daily full retrain of every validation cycle"
     )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="repeat every setting (and the full retrain) with the FM recipe's and the adapter's seed moved "
+        "by 0..N-1 and average, as benchmarks/freshness.py --seeds does",
+    )
+    p.add_argument(
+        "--seed-offset",
+        type=int,
+        default=None,
+        help="only this seed offset (to fill the cache for one seed beside another process)",
+    )
     args = p.parse_args(argv)
+    if args.seeds < 1:
+        raise SystemExit(f"error: --seeds {args.seeds}: give 1 or more seeds to average over")
     torch.set_num_threads(1)
     fb = bench()
     cfg = load_config(args.params)
     cfg = validation_clock(fb.recipe(cfg, args.epochs or fb.champion_epochs(cfg)), args.cycles)
     events = read_parquet(cfg.path(cfg.paths.prepared) / "interactions.parquet", "prepared interactions")
     start = ReplayClock.from_config(cfg.clock).start
-    frozen = fb.train_fm_recipe(cfg, events[events["timestamp"] < start], args.cache or fb.CACHE)
-    full = full_reference(fb, cfg, frozen, events, args.cache or fb.CACHE) if args.full else None
+    cache = args.cache or fb.CACHE
+    offsets = [args.seed_offset] if args.seed_offset is not None else list(range(args.seeds))
+    seeded = {k: fb.seeded(cfg, k) for k in offsets}
+    frozen = {k: fb.train_fm_recipe(seeded[k], events[events["timestamp"] < start], cache) for k in offsets}
+    full = (
+        combine_seeds([full_reference(fb, seeded[k], frozen[k], events, cache) for k in offsets])
+        if args.full
+        else None
+    )
     results: dict[str, Any] = {}
     for name in args.only if args.only is not None else list(GRID):
         t0 = time.perf_counter()
-        lcfg = dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, **GRID[name]))
-        results[name] = evaluate_setting(fb, lcfg, frozen, events) | {"overrides": GRID[name]}
+        per_seed = []
+        for k in offsets:
+            lcfg = dataclasses.replace(seeded[k], lora=dataclasses.replace(seeded[k].lora, **GRID[name]))
+            per_seed.append(evaluate_setting(fb, lcfg, frozen[k], events))
+        results[name] = combine_seeds(per_seed) | {"overrides": GRID[name]}
         results[name]["wall_s"] = time.perf_counter() - t0
         r = results[name]
+        se = f" (se {r['gain_se']:.5f})" if "gain_se" in r else ""
         print(
-            f"{name}: gain {r['mean_gain']:+.5f} (ungated {r['mean_gain_ungated']:+.5f}), "
+            f"{name}: gain {r['mean_gain']:+.5f}{se} (ungated {r['mean_gain_ungated']:+.5f}), "
             f"{r['promotions']} promotions, lora CPU {r['lora_cpu_s']:.1f} s, {r['wall_s']:.0f} s wall",
             flush=True,
         )
-    out = {
+    out: dict[str, Any] = {
         "validation_clock": dataclasses.asdict(cfg.clock),
-        "frozen_base": {k: frozen.meta[k] for k in ("cpu_s", "epochs", "best_epoch", "stopped")},
+        "seed_offsets": offsets,
+        "frozen_base": {k: frozen[offsets[0]].meta[k] for k in ("cpu_s", "epochs", "best_epoch", "stopped")},
         "ranking": sorted(results, key=lambda n: -results[n]["mean_gain"]),
         "settings": results,
         "commands": ["python " + " ".join(shlex.quote(a) for a in sys.argv)],
@@ -257,7 +306,8 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.out.exists() and args.only is not None:  # keep earlier settings' results
         old = json.loads(args.out.read_text())
-        if old.get("validation_clock") == out["validation_clock"]:
+        same = old.get("validation_clock") == out["validation_clock"]
+        if same and old.get("seed_offsets", [0]) == offsets:
             out["settings"] = old["settings"] | results
             out["commands"] = old.get("commands", [old.get("command")]) + out["commands"]
             out["ranking"] = sorted(out["settings"], key=lambda n: -out["settings"][n]["mean_gain"])

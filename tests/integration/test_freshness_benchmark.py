@@ -97,3 +97,45 @@ def test_throwaway_store_leaves_no_tracking_uri_behind(
     with fb.mlflow_store(tmp_path):
         pass
     assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:////somewhere/else.db"
+
+
+def test_tuning_over_seeds_scores_validation_cycles_only(tiny: TinyProject, tmp_path: Path) -> None:
+    """benchmarks/freshness_tune.py: the validation cycles end where the benchmark's scored ones begin,
+    a setting over two seeds is the mean of each seed's own run (seed 0's is the one-seed run), and the
+    issue's ratios on the validation cycles follow from the means."""
+    from specrec.clock import ReplayClock
+
+    ft = benchmark_module("freshness_tune")
+    common = ["--params", str(tiny.params), "--cycles", "1", "--epochs", "1", "--cache", str(tmp_path / "c")]
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    ft.main([*common, "--full", "--only", "params", "--out", str(one)])
+    ft.main([*common, "--full", "--seeds", "2", "--only", "params", "--out", str(two)])
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+
+    clock = ft.validation_clock(tiny.cfg, 1)
+    cycles = ReplayClock.from_config(clock.clock).cycles()
+    assert cycles[-1].as_of == ReplayClock.from_config(tiny.cfg.clock).start
+    assert [c["as_of"] for c in a["settings"]["params"]["cycles"]] == [cycles[0].name]
+
+    single, seeds = a["settings"]["params"], b["settings"]["params"]
+    assert b["seed_offsets"] == [0, 1] and a["seed_offsets"] == [0]
+    assert seeds["per_seed"][0]["mean_gain"] == single["mean_gain"]  # seed 0 is the one-seed run
+    for key in ("mean_gain", "mean_gain_ungated", "lora_cpu_s"):
+        assert seeds[key] == pytest.approx((seeds["per_seed"][0][key] + seeds["per_seed"][1][key]) / 2), key
+    for r in (single, *seeds["per_seed"]):
+        c = r["cycles"][0]
+        assert r["mean_gain"] == pytest.approx(c["lora_ndcg@10"] - c["frozen_ndcg@10"])
+    full = b["full_retrain"]
+    assert (
+        full["mean_gain"] == pytest.approx(sum(s["mean_gain"] for s in full["per_seed"]) / 2)
+        and full["per_seed"][0]["mean_gain"] == a["full_retrain"]["mean_gain"]
+    )
+    if full["mean_gain"]:
+        assert seeds["gain_recovered"] == pytest.approx(seeds["mean_gain"] / full["mean_gain"])
+    assert seeds["compute_ratio"] == pytest.approx(seeds["lora_cpu_s"] / full["full_cpu_s"])
+
+    # a later --only run on the same clock and seeds keeps the earlier settings' results
+    ft.main([*common, "--seeds", "2", "--only", "no_warm_start", "--out", str(two)])
+    merged = json.loads(two.read_text())
+    assert set(merged["settings"]) == {"params", "no_warm_start"} and merged["full_retrain"] == full
+    assert merged["settings"]["params"]["mean_gain"] == seeds["mean_gain"]
