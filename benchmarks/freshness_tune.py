@@ -130,6 +130,18 @@ GRID: dict[str, dict[str, Any]] = {
         }
         for lr, n in ((0.001, 2), (0.001, 3), (0.002, 2))
     },
+    # is the adapter under-trained (the retrain fits 13 epochs)? Four fixed epochs, also at rank 16
+    **{
+        f"since_cutoff,lr=0.001{name},epochs=4,no_val": {
+            "train_since": "base_cutoff",
+            "lr": 0.001,
+            "warm_start": True,
+            "epochs": 4,
+            "val_share": 0.0,
+            **o,
+        }
+        for name, o in (("", {}), (",r=16", {"r": 16, "alpha": 32.0}))
+    },
     "since_cutoff,lr=0.001,holdout=0.5": {
         "train_since": "base_cutoff",
         "lr": 0.001,
