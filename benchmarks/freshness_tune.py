@@ -227,9 +227,10 @@ def full_reference(fb: Any, cfg: Config, frozen: Any, events: pd.DataFrame, cach
     return {"mean_gain": float(np.mean(gain)), "full_cpu_s": cpu_s, "cycles": rows}
 
 
-def combine_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+def combine_seeds(per_seed: list[dict[str, Any]], arm: str = "lora") -> dict[str, Any]:
     """A setting's (or the full retrain's) results over several FM seeds: gains and CPU seconds averaged
-    per seed, promotions summed; each seed's own result under `per_seed`. One seed: its result as is."""
+    per seed, promotions summed; each seed's own result under `per_seed`. One seed: its result as is.
+    arm: whose gain the standard error is of (lora: what served; full: the full retrain)."""
     if len(per_seed) == 1:
         return per_seed[0]
     out: dict[str, Any] = {}
@@ -239,11 +240,7 @@ def combine_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     if "promotions" in per_seed[0]:
         out["promotions"] = int(sum(r["promotions"] for r in per_seed))
     # the spread of one (seed, cycle) comparison's gain, and the standard error of their mean
-    gains = [
-        c.get("lora_ndcg@10", c.get("full_ndcg@10", 0.0)) - c["frozen_ndcg@10"]
-        for r in per_seed
-        for c in r["cycles"]
-    ]
+    gains = [c[f"{arm}_ndcg@10"] - c["frozen_ndcg@10"] for r in per_seed for c in r["cycles"]]
     out["gain_se"] = float(np.std(gains, ddof=1) / np.sqrt(len(gains)))
     return out | {"per_seed": per_seed}
 
@@ -287,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     seeded = {k: fb.seeded(cfg, k) for k in offsets}
     frozen = {k: fb.train_fm_recipe(seeded[k], events[events["timestamp"] < start], cache) for k in offsets}
     full = (
-        combine_seeds([full_reference(fb, seeded[k], frozen[k], events, cache) for k in offsets])
+        combine_seeds([full_reference(fb, seeded[k], frozen[k], events, cache) for k in offsets], "full")
         if args.full
         else None
     )

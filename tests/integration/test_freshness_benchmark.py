@@ -130,6 +130,8 @@ def test_tuning_over_seeds_scores_validation_cycles_only(tiny: TinyProject, tmp_
         full["mean_gain"] == pytest.approx(sum(s["mean_gain"] for s in full["per_seed"]) / 2)
         and full["per_seed"][0]["mean_gain"] == a["full_retrain"]["mean_gain"]
     )
+    full_gains = [c["full_ndcg@10"] - c["frozen_ndcg@10"] for s in full["per_seed"] for c in s["cycles"]]
+    assert full["gain_se"] == pytest.approx(abs(full_gains[0] - full_gains[1]) / 2)  # sd / sqrt(2), n = 2
     if full["mean_gain"]:
         assert seeds["gain_recovered"] == pytest.approx(seeds["mean_gain"] / full["mean_gain"])
     assert seeds["compute_ratio"] == pytest.approx(seeds["lora_cpu_s"] / full["full_cpu_s"])
