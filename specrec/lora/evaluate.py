@@ -6,6 +6,7 @@ user's earlier events, seen items excluded, all items ranked), keeping the per-e
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,3 +70,31 @@ def target_users(events: pd.DataFrame, window: Cycle) -> np.ndarray:
     users = known["user_idx"].to_numpy()
     has_history = np.r_[False, users[1:] == users[:-1]]  # not the user's first known event
     return users[has_history & (known["timestamp"] >= window.start).to_numpy()]
+
+
+def paired_interval(
+    before: HoldoutScore,
+    after: HoldoutScore,
+    users: np.ndarray,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Bootstrap interval of NDCG@10(after) - NDCG@10(before) on the same scored events, resampling whole
+    users (`users`: each event's user, as target_users gives them): a user's events rise and fall together,
+    so resampling events alone would call a gain carried by one user certain. NaN when nothing was scored."""
+    # errors are 1 - NDCG@10 per event: after - before in NDCG is before - after in errors
+    d = np.asarray(before.errors, dtype=float) - np.asarray(after.errors, dtype=float)
+    if len(before.errors) != len(after.errors) or len(d) != len(users):
+        raise ValueError(
+            f"paired_interval: {len(before.errors)} and {len(after.errors)} scored events for "
+            f"{len(users)} users' events; both models must be scored on the same window"
+        )
+    if len(d) == 0:
+        return math.nan, math.nan
+    _, per_event = np.unique(users, return_inverse=True)
+    sums, counts = np.bincount(per_event, weights=d), np.bincount(per_event)
+    pick = np.random.default_rng(seed).integers(0, len(sums), (n_boot, len(sums)))
+    means = sums[pick].sum(axis=1) / counts[pick].sum(axis=1)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from peft import PeftModel
 
@@ -29,7 +30,7 @@ from specrec.config import Config, parse_duration
 from specrec.io import read_parquet
 from specrec.lora import adapters
 from specrec.lora.data import CycleData, cycle_data
-from specrec.lora.evaluate import HoldoutScore, score
+from specrec.lora.evaluate import HoldoutScore, paired_interval, score, target_users
 from specrec.registry import metric_key
 from specrec.tracking import experiment_id
 
@@ -55,6 +56,12 @@ METRIC_KEYS = (
     "best_epoch",
     "skipped",
     "promoted",
+    # the gate's evidence: challenger minus what served (champion, else the bare base) on the holdout,
+    # with a 95% interval over the holdout's users resampled (NaN when no challenger was trained)
+    "holdout_users",
+    "gate_diff_ndcg_at_10",
+    "gate_diff_ci_low",
+    "gate_diff_ci_high",
 )
 
 
@@ -138,7 +145,9 @@ def train_adapter(
     return model, result
 
 
-def _metrics(cfg: Config, scores: dict[str, HoldoutScore | None], data: CycleData) -> dict[str, float]:
+def _metrics(
+    cfg: Config, scores: dict[str, HoldoutScore | None], data: CycleData, holdout_users: np.ndarray
+) -> dict[str, float]:
     """The fixed metric keys; NaN for what this cycle did not produce."""
     out = dict.fromkeys(METRIC_KEYS, math.nan)
     for variant, s in scores.items():
@@ -154,6 +163,7 @@ def _metrics(cfg: Config, scores: dict[str, HoldoutScore | None], data: CycleDat
         "replay_targets": float(data.replay_targets),
         "train_targets": float(sum(w.n_targets for w in data.windows)),
         "val_users": float(len(data.val_users)),
+        "holdout_users": float(len(np.unique(holdout_users))),
     }
 
 
@@ -206,6 +216,7 @@ def run_cycle(
     }
     serving = scores["champion"] or scores["base"]
     assert serving is not None
+    holdout_users = target_users(known, data.holdout)  # the user of each scored holdout event
     with mlflow.start_run(experiment_id=experiment_id(cfg.root, EXPERIMENT), run_name=cycle.name) as run:
         mlflow.set_tags(
             {
@@ -219,7 +230,7 @@ def run_cycle(
         mlflow.log_params({f"lora.{k}": v for k, v in dataclasses.asdict(lc).items() if k != "drift"})
         reason = _skip_reason(cfg, data, scores["base"])
         if reason is not None:
-            metrics = _metrics(cfg, scores, data) | {"skipped": 1.0, "promoted": 0.0}
+            metrics = _metrics(cfg, scores, data, holdout_users) | {"skipped": 1.0, "promoted": 0.0}
             mlflow.log_metrics(metrics)
             mlflow.set_tags({"status": "skipped", "reason": reason})
             log.info("lora %s: skipped (%s)", cycle.name, reason)
@@ -235,7 +246,17 @@ def run_cycle(
         for epoch, value in enumerate(result.val_scores, start=1):
             mlflow.log_metric("val_ndcg_at_10_by_epoch", value, step=epoch)
         challenger = scores["challenger"] = score(model, known, data.holdout, max_len)
-        metrics = _metrics(cfg, scores, data) | {
+        low, high = paired_interval(serving, challenger, holdout_users)
+        diff = challenger.ndcg - serving.ndcg
+        against = "champion" if scores["champion"] else "bare base"
+        evidence = (
+            f"challenger - {against} NDCG@10 {diff:+.5f}, 95% CI [{low:+.5f}, {high:+.5f}] over "
+            f"{len(holdout_users)} holdout events of {len(np.unique(holdout_users))} users"
+        )
+        metrics = _metrics(cfg, scores, data, holdout_users) | {
+            "gate_diff_ndcg_at_10": diff,
+            "gate_diff_ci_low": low,
+            "gate_diff_ci_high": high,
             "train_loss": result.losses[-1],
             "train_cpu_s": result.cpu_seconds,
             "epochs_trained": float(len(result.losses)),
@@ -271,8 +292,10 @@ def run_cycle(
         by_epoch = {"train_loss"} | ({"val_ndcg_at_10_by_epoch"} if result.val_scores else set())
         mlflow.log_metrics({k: v for k, v in metrics.items() if k not in by_epoch})
         status = "promoted" if decision.promoted else "rejected"
-        mlflow.set_tags({"status": status, "reason": decision.reason, "adapter_version": version})
-    log.info("lora %s: %s v%s %s (%s)", cycle.name, adapters.ADAPTER_MODEL, version, status, decision.reason)
+        tags = {"status": status, "reason": decision.reason, "adapter_version": version}
+        mlflow.set_tags(tags | {"gate_evidence": evidence})
+    name = adapters.ADAPTER_MODEL
+    log.info("lora %s: %s v%s %s (%s; %s)", cycle.name, name, version, status, decision.reason, evidence)
     return CycleOutcome(
         cycle.name, status, decision.reason, run.info.run_id, base_version, version, metrics, serving.errors
     )

@@ -76,6 +76,15 @@ def test_gate_promotes_rejects_and_rollback(tiny: TinyProject, copy_dir: Path) -
     assert tags["base_version"] == tiny.fm.version and tags["as_of"].startswith(CYCLE_1)
     local = Path(mlflow.artifacts.download_artifacts(run_id=first.run_id, artifact_path="adapter"))
     assert {"adapter_model.safetensors", "adapter_config.json"} <= {p.name for p in local.iterdir()}
+    # the gate's evidence: with no champion the challenger is compared with the bare base
+    m = first.metrics
+    assert m["gate_diff_ndcg_at_10"] == m["challenger_ndcg_at_10"] - m["base_ndcg_at_10"]
+    assert m["gate_diff_ci_low"] <= m["gate_diff_ci_high"] and m["holdout_users"] >= 1
+    evidence = mlflow.get_run(first.run_id).data.tags["gate_evidence"]
+    assert (
+        evidence.startswith("challenger - bare base NDCG@10 ")
+        and f"of {m['holdout_users']:.0f} users" in evidence
+    )
 
     # the same cycle again, same seed, no warm start: the challenger equals the champion, and with no
     # tolerance a tie is not a win
@@ -83,6 +92,8 @@ def test_gate_promotes_rejects_and_rollback(tiny: TinyProject, copy_dir: Path) -
     again = run_cycle(cfg, CYCLE_1, warm_start=False, progress=False)
     assert again.status == "rejected" and again.adapter_version != first.adapter_version
     assert again.metrics["challenger_ndcg_at_10"] == again.metrics["champion_ndcg_at_10"]
+    gate = [again.metrics[f"gate_diff_{k}"] for k in ("ndcg_at_10", "ci_low", "ci_high")]
+    assert gate == [0.0, 0.0, 0.0]  # the same scores on every holdout event: no doubt either way
     assert _version_tags(again.adapter_version)["gate_decision"] == "rejected"
     assert mlflow.get_run(again.run_id).data.tags["reason"] == again.reason != ""
     assert alias_version(client, adapters.ADAPTER_MODEL, CHAMPION) == first.adapter_version

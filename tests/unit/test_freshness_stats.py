@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from specrec.clock import Cycle, EventLog
 from specrec.fm.replay_eval import cycle_targets
@@ -85,3 +86,30 @@ def test_bootstrap_resamples_users_and_ratios() -> None:
     assert summary["gain_recovered"] == 0.5 and summary["compute_ratio"] == 0.05
     assert summary["compute_ratio_recorded"] == 0.04
     assert summary["pooled_gain_recovered"] == 0.5 and summary["events_scored"] == 16
+
+
+def test_gate_interval_resamples_whole_users() -> None:
+    """The gate's evidence (specrec.lora.evaluate.paired_interval): a gain carried by one user of five is
+    not called certain, the same gain spread over every user is; equal scores give [0, 0]; scores of
+    different windows are refused with the counts named."""
+    import math
+
+    from specrec.lora.evaluate import HoldoutScore, paired_interval
+
+    def holdout(ndcg: np.ndarray) -> HoldoutScore:
+        return HoldoutScore({"ndcg@10": float(ndcg.mean())}, list(1.0 - ndcg))
+
+    users = np.repeat(np.arange(5), 20)
+    base = np.zeros(100)
+    one_user = base.copy()
+    one_user[:20] = 0.5  # user 0's events only: +0.1 on average
+    low, high = paired_interval(holdout(base), holdout(one_user), users)
+    assert low <= 0.0 < 0.1 < high  # resampled by user, the interval reaches a sample without user 0
+    spread = base + 0.05 + 0.025 * users  # every user gains, +0.05 to +0.15 (+0.1 on average)
+    low, high = paired_interval(holdout(base), holdout(spread), users)
+    assert 0.05 < low < 0.1 < high < 0.15
+    assert paired_interval(holdout(spread), holdout(spread), users) == (0.0, 0.0)
+    empty = HoldoutScore({"ndcg@10": math.nan}, [])
+    assert all(math.isnan(v) for v in paired_interval(empty, empty, np.array([])))
+    with pytest.raises(ValueError, match="100 and 100 scored events for 99 users' events"):
+        paired_interval(holdout(base), holdout(spread), users[:99])
