@@ -146,7 +146,7 @@ def train_adapter(
 
 
 def _metrics(
-    cfg: Config, scores: dict[str, HoldoutScore | None], data: CycleData, holdout_users: np.ndarray
+    cfg: Config, scores: dict[str, HoldoutScore | None], data: CycleData, holdout_users: int
 ) -> dict[str, float]:
     """The fixed metric keys; NaN for what this cycle did not produce."""
     out = dict.fromkeys(METRIC_KEYS, math.nan)
@@ -163,7 +163,7 @@ def _metrics(
         "replay_targets": float(data.replay_targets),
         "train_targets": float(sum(w.n_targets for w in data.windows)),
         "val_users": float(len(data.val_users)),
-        "holdout_users": float(len(np.unique(holdout_users))),
+        "holdout_users": float(holdout_users),
     }
 
 
@@ -217,6 +217,7 @@ def run_cycle(
     serving = scores["champion"] or scores["base"]
     assert serving is not None
     holdout_users = target_users(known, data.holdout)  # the user of each scored holdout event
+    n_users = len(np.unique(holdout_users))
     with mlflow.start_run(experiment_id=experiment_id(cfg.root, EXPERIMENT), run_name=cycle.name) as run:
         mlflow.set_tags(
             {
@@ -230,7 +231,7 @@ def run_cycle(
         mlflow.log_params({f"lora.{k}": v for k, v in dataclasses.asdict(lc).items() if k != "drift"})
         reason = _skip_reason(cfg, data, scores["base"])
         if reason is not None:
-            metrics = _metrics(cfg, scores, data, holdout_users) | {"skipped": 1.0, "promoted": 0.0}
+            metrics = _metrics(cfg, scores, data, n_users) | {"skipped": 1.0, "promoted": 0.0}
             mlflow.log_metrics(metrics)
             mlflow.set_tags({"status": "skipped", "reason": reason})
             log.info("lora %s: skipped (%s)", cycle.name, reason)
@@ -251,9 +252,9 @@ def run_cycle(
         against = "champion" if scores["champion"] else "bare base"
         evidence = (
             f"challenger - {against} NDCG@10 {diff:+.5f}, 95% CI [{low:+.5f}, {high:+.5f}] over "
-            f"{len(holdout_users)} holdout events of {len(np.unique(holdout_users))} users"
+            f"{len(holdout_users)} holdout events of {n_users} users"
         )
-        metrics = _metrics(cfg, scores, data, holdout_users) | {
+        metrics = _metrics(cfg, scores, data, n_users) | {
             "gate_diff_ndcg_at_10": diff,
             "gate_diff_ci_low": low,
             "gate_diff_ci_high": high,
